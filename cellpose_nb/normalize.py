@@ -1,0 +1,167 @@
+"""Percentile normalisation and the network's two-channel input.
+
+Cellpose maps each channel's 1st percentile to 0 and its 99th to 1, per
+image, so that the network sees the same intensity range whatever the
+microscope.  The network takes two channels: cytoplasm (or the only
+channel) and nuclei (zeros when there is none).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["normalize_percentile", "to_network_input", "move_channels_last"]
+
+#: Default percentiles mapped to 0 and 1.
+LOW_PERCENTILE = 1.0
+HIGH_PERCENTILE = 99.0
+#: Ranges narrower than this are treated as a constant channel (-> zeros).
+_FLAT = 1e-12
+
+
+def _check_finite(image):
+    arr = np.asarray(image)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number)):
+        raise TypeError(f"image must be a numeric array; got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError("image must be real-valued; got a complex array")
+    if arr.size == 0:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n_bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"image contains {n_bad} NaN or inf values; fix or mask them first")
+    return arr
+
+
+def move_channels_last(image, *, channel_axis=None):
+    """Return ``image`` as (H, W, C), C >= 1.
+
+    Parameters
+    ----------
+    image : ndarray (H, W) or 3-D with a channel axis
+    channel_axis : int, optional
+        Axis holding the channels of a 3-D image.  Default: the last axis.
+
+    Examples
+    --------
+    >>> move_channels_last(np.zeros((2, 5, 6)), channel_axis=0).shape
+    (5, 6, 2)
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        if channel_axis is not None:
+            raise ValueError(f"channel_axis={channel_axis} given for a 2-D image of shape {arr.shape}")
+        return arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"image must be (H, W) or (H, W, C) with channel_axis; got shape {arr.shape}")
+    axis = -1 if channel_axis is None else channel_axis
+    if not -3 <= axis < 3:
+        raise ValueError(f"channel_axis={channel_axis} is out of range for shape {arr.shape}")
+    return np.moveaxis(arr, axis, -1)
+
+
+def normalize_percentile(image, *, low=LOW_PERCENTILE, high=HIGH_PERCENTILE, channel_axis=None):
+    """Map each channel's ``low`` percentile to 0 and its ``high`` percentile to 1.
+
+    Parameters
+    ----------
+    image : ndarray (H, W) or (H, W, C)
+        Any real dtype.  NaN or inf raise.
+    low, high : float
+        Percentiles in [0, 100], ``low < high``.
+    channel_axis : int, optional
+        Channel axis of a 3-D image (default: last).  Channels are normalised
+        separately; the output keeps the input's layout.
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``image``
+        Values are not clipped.  A constant channel becomes zeros.
+
+    Examples
+    --------
+    >>> x = np.arange(101, dtype=np.uint8).reshape(1, 101)
+    >>> y = normalize_percentile(x)
+    >>> float(y[0, 1]), float(y[0, 99])
+    (0.0, 1.0)
+    >>> float(normalize_percentile(np.full((3, 3), 7.0)).max())   # constant -> zeros
+    0.0
+    """
+    if not (0 <= low < high <= 100):
+        raise ValueError(f"need 0 <= low < high <= 100; got low={low}, high={high}")
+    arr = _check_finite(image)
+    if arr.ndim == 2 and channel_axis is None:
+        return _normalize_channel(arr, low, high)
+    chan = move_channels_last(arr, channel_axis=channel_axis)
+    out = np.stack([_normalize_channel(chan[..., c], low, high) for c in range(chan.shape[-1])], -1)
+    return np.moveaxis(out, -1, -1 if channel_axis is None else channel_axis)
+
+
+def _normalize_channel(x, low, high):
+    x = x.astype(np.float32)
+    lo, hi = np.percentile(x, [low, high])
+    if hi - lo < _FLAT:
+        return np.zeros_like(x)
+    return (x - np.float32(lo)) / np.float32(hi - lo)
+
+
+def to_network_input(image, *, channels=(0, None), channel_axis=None, normalize=True, invert=False):
+    """Build the network's (2, H, W) float32 input: cytoplasm, nuclei.
+
+    Parameters
+    ----------
+    image : ndarray (H, W) grayscale, or (H, W, C) / channel_axis for colour and
+        multi-channel images.
+    channels : (int or None, int or None)
+        Index of the cytoplasm (or only) channel and of the nuclear channel;
+        ``None`` for the nuclear channel fills it with zeros.  For an RGB image
+        ``channels=("gray", None)`` uses its luminance.  A 2-D image ignores
+        the indices other than ``None``.
+    channel_axis : int, optional
+        Channel axis of a 3-D image (default: last).
+    normalize : bool
+        Percentile-normalise each channel (1st -> 0, 99th -> 1).
+    invert : bool
+        Invert the first channel (``1 - x`` after normalising), e.g. for
+        histology where nuclei are dark on a light background.
+
+    Returns
+    -------
+    ndarray (2, H, W) of float32
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.random((8, 9, 3))
+    >>> to_network_input(img, channels=(2, 0)).shape
+    (2, 8, 9)
+    >>> float(np.abs(to_network_input(img[..., 0])[1]).max())   # grayscale: no nuclei
+    0.0
+    """
+    arr = _check_finite(image)
+    if len(channels) != 2:
+        raise ValueError(f"channels must be a pair (cytoplasm, nuclei); got {channels!r}")
+    chan = move_channels_last(arr, channel_axis=channel_axis)
+    h, w, n = chan.shape
+    out = np.zeros((2, h, w), np.float32)
+    for k, c in enumerate(channels):
+        if c is None:
+            if k == 0:
+                raise ValueError("the first channel (cytoplasm or only channel) cannot be None")
+            continue
+        if n == 1 and k == 1:  # a grayscale image has no nuclear channel
+            continue
+        if c == "gray":
+            if n not in (3, 4):
+                raise ValueError(f"channels='gray' needs an RGB(A) image; got {n} channels")
+            x = chan[..., :3].astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+        elif n == 1:
+            x = chan[..., 0]
+        elif isinstance(c, (int, np.integer)) and -n <= c < n:
+            x = chan[..., c]
+        else:
+            raise ValueError(f"channel index {c!r} is out of range for an image with {n} channels")
+        out[k] = normalize_percentile(x) if normalize else x.astype(np.float32)
+    if invert:
+        out[0] = (1.0 if normalize else out[0].max()) - out[0]
+    return out
