@@ -300,7 +300,7 @@ def masks_to_flows(labels, *, method="heat", n_iter=None):
     >>> f = masks_to_flows(lab)
     >>> f.shape, f.dtype
     ((2, 9, 9), dtype('float32'))
-    >>> f[:, 2, 4].round(3).tolist()   # top edge of the square points down
+    >>> (f[:, 2, 4].round(3) + 0.0).tolist()   # top edge of the square points down
     [1.0, 0.0]
     """
     if method not in _METHODS:
@@ -330,7 +330,7 @@ def flows_to_rgb(flows, *, mask=None):
 
     Examples
     --------
-    >>> flows_to_rgb(np.zeros((2, 4, 4), np.float32)).max()
+    >>> float(flows_to_rgb(np.zeros((2, 4, 4), np.float32)).max())
     0.0
     """
     f = np.asarray(flows, dtype=np.float64)
