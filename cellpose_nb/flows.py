@@ -102,7 +102,7 @@ def _object_table(labels):
     if labels.size and int(labels.max()) > _SPARSE_LABEL_FACTOR * labels.size:
         work, _, inverse = relabel_sequential(labels)
         ids = inverse.out_values[inverse.in_values > 0]
-    slices = ndi.find_objects(work)
+    slices = ndi.find_objects(work) if work.size else []
     present = [k for k, s in enumerate(slices) if s is not None]
     work_ids = np.array(present, dtype=np.int64) + 1
     boxes = np.array(

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from cellpose_nb.normalize import move_channels_last, normalize_percentile, to_network_input
+
+
+def test_percentiles_map_to_0_and_1():
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2.0, 100.0, size=(64, 80))
+    y = normalize_percentile(x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    lo, hi = np.percentile(y, [1, 99])
+    assert abs(lo) < 1e-5 and abs(hi - 1) < 1e-5
+
+
+def test_per_channel_and_channel_axis():
+    rng = np.random.default_rng(1)
+    x = np.stack([rng.random((20, 30)) * 10, rng.random((20, 30)) * 1000 + 5], axis=0)
+    y = normalize_percentile(x, channel_axis=0)
+    assert y.shape == x.shape
+    for c in range(2):
+        np.testing.assert_allclose(np.percentile(y[c], [1, 99]), [0, 1], atol=1e-5)
+
+
+def test_constant_channel_gives_zeros_without_warnings():
+    x = np.stack([np.full((8, 8), 3.0), np.arange(64.0).reshape(8, 8)], -1)
+    y = normalize_percentile(x)
+    assert np.all(y[..., 0] == 0) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_raise(bad):
+    x = np.ones((5, 5))
+    x[2, 2] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        normalize_percentile(x)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        to_network_input(x)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="empty"):
+        normalize_percentile(np.zeros((0, 5)))
+    with pytest.raises(ValueError, match="low < high"):
+        normalize_percentile(np.ones((3, 3)), low=50, high=10)
+    with pytest.raises(TypeError, match="numeric"):
+        normalize_percentile(np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="shape"):
+        move_channels_last(np.ones((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="out of range"):
+        to_network_input(np.ones((4, 4, 2)), channels=(3, None))
+
+
+def test_network_input_channels():
+    rng = np.random.default_rng(2)
+    img = rng.random((16, 12, 3)).astype(np.float32)
+    x = to_network_input(img, channels=(1, 2))
+    assert x.shape == (2, 16, 12) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], normalize_percentile(img[..., 1]), atol=1e-6)
+    np.testing.assert_allclose(x[1], normalize_percentile(img[..., 2]), atol=1e-6)
+    # grayscale: nuclei channel is zeros whatever index was asked
+    g = to_network_input(img[..., 0], channels=(0, 1))
+    assert np.all(g[1] == 0)
+    # RGB luminance and inversion
+    inv = to_network_input(img, channels=("gray", None), invert=True)
+    gray = to_network_input(img, channels=("gray", None))
+    np.testing.assert_allclose(inv[0], 1 - gray[0], atol=1e-6)
+    # channels first
+    cf = to_network_input(np.moveaxis(img, -1, 0), channels=(1, 2), channel_axis=0)
+    np.testing.assert_allclose(cf, x)
+
+
+def test_input_not_mutated():
+    x = np.arange(100, dtype=np.float64).reshape(10, 10)
+    before = x.copy()
+    normalize_percentile(x)
+    to_network_input(x)
+    np.testing.assert_array_equal(x, before)
