@@ -142,11 +142,11 @@ def _center_of(labels, lab_id, r0, r1, c0, c1):
     return br, bc
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _centers_kernel(labels, ids, boxes):
     n = ids.shape[0]
     out = np.zeros((n, 2), np.int64)
-    for k in numba.prange(n):
+    for k in range(n):
         r, c = _center_of(labels, ids[k], boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3])
         out[k, 0] = r
         out[k, 1] = c
@@ -187,26 +187,51 @@ def _diffuse_object(labels, lab_id, r0, r1, c0, c1, cr, cc, n_iter):
     return t_old, inside
 
 
+@numba.njit(cache=True, nogil=True)
+def _heat_flows_one(labels, ids, boxes, centers, n_iter, flows, heat, k):
+    """Flows (and heat) of object ``k``, written into ``flows`` and ``heat``."""
+    r0, r1, c0, c1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+    niter = n_iter
+    if niter <= 0:  # Cellpose's default: 2 * (ly + lx) of the padded box
+        niter = HEAT_ITER_FACTOR * ((r1 - r0 + 2) + (c1 - c0 + 2))
+    t, inside = _diffuse_object(labels, ids[k], r0, r1, c0, c1, centers[k, 0], centers[k, 1], niter)
+    for y in range(1, r1 - r0 + 1):
+        for x in range(1, c1 - c0 + 1):
+            if inside[y, x] > 0:
+                dy = t[y + 1, x] - t[y - 1, x]
+                dx = t[y, x + 1] - t[y, x - 1]
+                norm = 1e-60 + np.sqrt(dy * dy + dx * dx)
+                flows[0, r0 + y - 1, c0 + x - 1] = dy / norm
+                flows[1, r0 + y - 1, c0 + x - 1] = dx / norm
+                heat[r0 + y - 1, c0 + x - 1] = t[y, x]
+
+
+@numba.njit(cache=True, nogil=True)
+def _heat_flows_serial(labels, ids, boxes, centers, n_iter, flows, heat):
+    for k in range(ids.shape[0]):
+        _heat_flows_one(labels, ids, boxes, centers, n_iter, flows, heat, k)
+
+
 @numba.njit(cache=True, parallel=True)
-def _heat_flows_kernel(labels, ids, boxes, centers, n_iter, flows, heat):
-    """Flows (and heat) for every object; objects run in parallel."""
+def _heat_flows_parallel(labels, ids, boxes, centers, n_iter, flows, heat):
     for k in numba.prange(ids.shape[0]):
-        r0, r1, c0, c1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        niter = n_iter
-        if niter <= 0:  # Cellpose's default: 2 * (ly + lx) of the padded box
-            niter = HEAT_ITER_FACTOR * ((r1 - r0 + 2) + (c1 - c0 + 2))
-        t, inside = _diffuse_object(
-            labels, ids[k], r0, r1, c0, c1, centers[k, 0], centers[k, 1], niter
-        )
-        for y in range(1, r1 - r0 + 1):
-            for x in range(1, c1 - c0 + 1):
-                if inside[y, x] > 0:
-                    dy = t[y + 1, x] - t[y - 1, x]
-                    dx = t[y, x + 1] - t[y, x - 1]
-                    norm = 1e-60 + np.sqrt(dy * dy + dx * dx)
-                    flows[0, r0 + y - 1, c0 + x - 1] = dy / norm
-                    flows[1, r0 + y - 1, c0 + x - 1] = dx / norm
-                    heat[r0 + y - 1, c0 + x - 1] = t[y, x]
+        _heat_flows_one(labels, ids, boxes, centers, n_iter, flows, heat, k)
+
+
+#: Work (pixel updates) above which the kernels run on all numba threads.  Small
+#: jobs stay on one thread: a parallel launch costs more than it saves on them,
+#: and far more when another process holds the other cores.
+PARALLEL_MIN_WORK = 50_000_000
+
+
+def _heat_flows_kernel(labels, ids, boxes, centers, n_iter, flows, heat):
+    """Run the diffusion of every object, in parallel when the work is large."""
+    sides = (boxes[:, 1] - boxes[:, 0] + 2) + (boxes[:, 3] - boxes[:, 2] + 2)
+    area = (boxes[:, 1] - boxes[:, 0] + 2) * (boxes[:, 3] - boxes[:, 2] + 2)
+    iters = HEAT_ITER_FACTOR * sides if n_iter <= 0 else n_iter
+    work = int((area * iters).sum())
+    kernel = _heat_flows_parallel if work >= PARALLEL_MIN_WORK else _heat_flows_serial
+    kernel(labels, ids, boxes, centers, n_iter, flows, heat)
 
 
 # ----------------------------------------------------------------------------- public

@@ -121,9 +121,9 @@ def _interp(flows, y, x):
 _CHUNK = 256
 
 
-@numba.njit(cache=True, parallel=True)
-def _follow_kernel(flows, pos, n_iter, traj):
-    """Euler steps for every point in ``pos`` (2, N), in place; traj optional.
+@numba.njit(cache=True, nogil=True)
+def _follow_chunk(flows, pos, n_iter, traj, ch):
+    """Euler steps for chunk ``ch`` of the points in ``pos`` (2, N), in place; traj optional.
 
     The map from one position to the next is deterministic, so once a point
     comes back exactly to where it was two steps before it is on a cycle of
@@ -134,49 +134,64 @@ def _follow_kernel(flows, pos, n_iter, traj):
     lx = np.float32(flows.shape[1] - 1)
     keep = traj.shape[0] > 1
     n = pos.shape[1]
-    n_chunks = (n + _CHUNK - 1) // _CHUNK
-    for ch in numba.prange(n_chunks):
-        lo = ch * _CHUNK
-        m = min(n, lo + _CHUNK) - lo
-        y = pos[0, lo:lo + m].copy()
-        x = pos[1, lo:lo + m].copy()
-        y1 = np.full(m, np.float32(-1.0))  # position one step ago
-        x1 = np.full(m, np.float32(-1.0))
-        y2 = np.full(m, np.float32(-2.0))  # position two steps ago
-        x2 = np.full(m, np.float32(-2.0))
-        active = np.arange(m)
-        n_active = m
-        if keep:
-            for j in range(m):
-                traj[0, 0, lo + j] = y[j]
-                traj[0, 1, lo + j] = x[j]
-        for t in range(n_iter):
-            k = 0
-            for a in range(n_active):
-                j = active[a]
-                if not keep and y[j] == y2[j] and x[j] == x2[j]:
-                    if (n_iter - t) % 2 == 1:
-                        y[j] = y1[j]
-                        x[j] = x1[j]
-                    continue
-                dy, dx = _interp(flows, y[j], x[j])
-                y2[j] = y1[j]
-                x2[j] = x1[j]
-                y1[j] = y[j]
-                x1[j] = x[j]
-                y[j] = min(ly, max(np.float32(0.0), y[j] + dy))
-                x[j] = min(lx, max(np.float32(0.0), x[j] + dx))
-                if keep:
-                    traj[t + 1, 0, lo + j] = y[j]
-                    traj[t + 1, 1, lo + j] = x[j]
-                active[k] = j
-                k += 1
-            n_active = k
-            if n_active == 0:
-                break
+    lo = ch * _CHUNK
+    m = min(n, lo + _CHUNK) - lo
+    y = pos[0, lo:lo + m].copy()
+    x = pos[1, lo:lo + m].copy()
+    y1 = np.full(m, np.float32(-1.0))  # position one step ago
+    x1 = np.full(m, np.float32(-1.0))
+    y2 = np.full(m, np.float32(-2.0))  # position two steps ago
+    x2 = np.full(m, np.float32(-2.0))
+    active = np.arange(m)
+    n_active = m
+    if keep:
         for j in range(m):
-            pos[0, lo + j] = y[j]
-            pos[1, lo + j] = x[j]
+            traj[0, 0, lo + j] = y[j]
+            traj[0, 1, lo + j] = x[j]
+    for t in range(n_iter):
+        k = 0
+        for a in range(n_active):
+            j = active[a]
+            if not keep and y[j] == y2[j] and x[j] == x2[j]:
+                if (n_iter - t) % 2 == 1:
+                    y[j] = y1[j]
+                    x[j] = x1[j]
+                continue
+            dy, dx = _interp(flows, y[j], x[j])
+            y2[j] = y1[j]
+            x2[j] = x1[j]
+            y1[j] = y[j]
+            x1[j] = x[j]
+            y[j] = min(ly, max(np.float32(0.0), y[j] + dy))
+            x[j] = min(lx, max(np.float32(0.0), x[j] + dx))
+            if keep:
+                traj[t + 1, 0, lo + j] = y[j]
+                traj[t + 1, 1, lo + j] = x[j]
+            active[k] = j
+            k += 1
+        n_active = k
+        if n_active == 0:
+            break
+    for j in range(m):
+        pos[0, lo + j] = y[j]
+        pos[1, lo + j] = x[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _follow_serial(flows, pos, n_iter, traj):
+    for ch in range((pos.shape[1] + _CHUNK - 1) // _CHUNK):
+        _follow_chunk(flows, pos, n_iter, traj, ch)
+
+
+@numba.njit(cache=True, parallel=True)
+def _follow_parallel(flows, pos, n_iter, traj):
+    for ch in numba.prange((pos.shape[1] + _CHUNK - 1) // _CHUNK):
+        _follow_chunk(flows, pos, n_iter, traj, ch)
+
+
+#: Euler steps (points x iterations) above which following runs on all numba
+#: threads; smaller jobs stay on one thread (see flows.PARALLEL_MIN_WORK).
+PARALLEL_MIN_STEPS = 20_000_000
 
 
 def _run(flows, starts, n_iter, return_trajectories):
@@ -186,7 +201,8 @@ def _run(flows, starts, n_iter, return_trajectories):
     flows_last = np.ascontiguousarray(np.moveaxis(flows, 0, -1))
     n_keep = int(n_iter) + 1 if return_trajectories else 1
     traj = np.zeros((n_keep, 2, pos.shape[1] if return_trajectories else 0), np.float32)
-    _follow_kernel(flows_last, pos, int(n_iter), traj)
+    kernel = _follow_parallel if pos.shape[1] * int(n_iter) >= PARALLEL_MIN_STEPS else _follow_serial
+    kernel(flows_last, pos, int(n_iter), traj)
     return pos, (traj if return_trajectories else None)
 
 
