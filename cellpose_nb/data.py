@@ -32,6 +32,8 @@ import tifffile
 from scipy import ndimage
 
 __all__ = [
+    "load_sample",
+    "SAMPLES",
     "SyntheticSample",
     "make_synthetic",
     "make_synthetic_dataset",
@@ -1018,3 +1020,38 @@ def histology_to_gray(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[-1] not in (3, 4):
         raise ValueError(f"expected an RGB(A) image of shape (H, W, 3|4); got shape {image.shape}")
     return (1 - rgb2gray(image[..., :3])).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- bundled samples
+#: Sample images shipped in ``cellpose_nb/sample_data`` (CC0, DSB2018; see its README).
+SAMPLES = {
+    "fluorescence": "dsb_fluorescence_003cee89",
+    "histology": "dsb_histology_00ae65c1",
+}
+
+
+def load_sample(name: str = "fluorescence") -> Sample:
+    """One of the small CC0 sample images shipped with the package, with its labels.
+
+    Parameters
+    ----------
+    name : {"fluorescence", "histology"}
+
+    Returns
+    -------
+    Sample
+
+    Examples
+    --------
+    >>> s = load_sample("fluorescence")
+    >>> s.image.shape, int(s.labels.max())
+    ((256, 256), 36)
+    """
+    if name not in SAMPLES:
+        raise ValueError(f"unknown sample {name!r}; available: {sorted(SAMPLES)}")
+    folder = Path(__file__).resolve().parent / "sample_data"
+    stem = SAMPLES[name]
+    image_path = folder / f"{stem}_img.tif"
+    labels_path = folder / f"{stem}_masks.tif"
+    return Sample(name=stem, image=read_image(image_path), labels=read_labels(labels_path),
+                  path=image_path)
