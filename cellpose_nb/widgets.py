@@ -258,6 +258,8 @@ class FlowExplorer:
                 lab = compute_masks(field, prob, cellprob_threshold=cellprob_threshold, n_iter=n_iter)
             else:
                 lab = check_labels(labels)
+                if lab.shape != shape:
+                    raise ValueError(f"labels shape {lab.shape} does not match image shape {shape}")
             field = field * fg  # as compute_masks: the flows are masked by the foreground
         self.image = image
         self.channel_axis = channel_axis
@@ -302,12 +304,15 @@ class FlowExplorer:
             raise ValueError(f"cell {cell_id} is not in labels; ids are {self.cell_ids.tolist()[:10]}...")
         self.cell = cell_id
         if cell_id:
-            pts = np.argwhere(self.labels == cell_id)
-            centre = self.centers[np.searchsorted(self.cell_ids, cell_id)]
-            far = pts[np.argmax(((pts - centre) ** 2).sum(axis=1))]
             with self._hold():
-                self.pick_pixel(*far)
+                self.pick_pixel(*self._far_pixel(cell_id))
         self._refresh()
+
+    def _far_pixel(self, cell_id):
+        """The cell's pixel farthest from its centre: the longest path to show."""
+        pts = np.argwhere(self.labels == cell_id)
+        far = pts[np.argmax(((pts - np.array(self.center_of(cell_id))) ** 2).sum(axis=1))]
+        return int(far[0]), int(far[1])
 
     def set_arrows(self, on):
         """Show or hide the arrows of the full field."""
@@ -326,7 +331,7 @@ class FlowExplorer:
             rgba[edge] = (1.0, 0.0, 0.0, 1.0)
         return rgba
 
-    def _draw(self, fig, axes, *, cell, pixel, arrows):
+    def _draw(self, axes, *, cell, pixel, arrows):
         """Draw the three panels; returns the artists to update."""
         a = {}
         img = np.where(self._outlines[..., None], 1.0, self._image_rgb)
@@ -390,12 +395,10 @@ class FlowExplorer:
         """
         cell = self.cell if cell is None else int(cell)
         if pixel is None and cell and cell != self.cell:
-            pts = np.argwhere(self.labels == cell)
-            c = self.centers[np.searchsorted(self.cell_ids, cell)]
-            pixel = tuple(pts[np.argmax(((pts - c) ** 2).sum(axis=1))])
+            pixel = self._far_pixel(cell)
         pixel = self.pixel if pixel is None else pixel
         fig, axes = _new_figure(3)
-        self._draw(fig, axes, cell=cell, pixel=pixel, arrows=self.arrows if arrows is None else arrows)
+        self._draw(axes, cell=cell, pixel=pixel, arrows=self.arrows if arrows is None else arrows)
         return fig
 
     # ------------------------------------------------------------------ widget
@@ -444,8 +447,7 @@ class FlowExplorer:
             "col": w.IntSlider(value=col0, min=0, max=wd - 1, description="col", continuous_update=False),
         }
         self._fig, self._axes = _new_figure(3)
-        self._artists = self._draw(self._fig, self._axes, cell=self.cell, pixel=self.pixel,
-                                   arrows=self.arrows)
+        self._artists = self._draw(self._axes, cell=self.cell, pixel=self.pixel, arrows=self.arrows)
         self.view = w.Image(value=_figure_png(self._fig), format="png")
         c = self.controls
 
@@ -1156,6 +1158,7 @@ class DiffusionPlayer:
         final = self.snapshots[-1]
         positive = final[final > 0]
         self._log_range = (float(np.log10(positive.min())), float(np.log10(positive.max())))
+        self._frames = {}
         self._widget = None
 
     def heat(self, step=-1):
@@ -1213,9 +1216,11 @@ class DiffusionPlayer:
             raise ValueError(f"step must be in [0, {self.n_steps - 1}]; got {step}")
         self.step = int(step) % self.n_steps
         if self._widget is not None:
-            self._ax.clear()
-            self._draw(self._ax, self.step)
-            self.view.value = _figure_png(self._fig)
+            if self.step not in self._frames:  # each frame is drawn once, replays are free
+                self._ax.clear()
+                self._draw(self._ax, self.step)
+                self._frames[self.step] = _figure_png(self._fig)
+            self.view.value = self._frames[self.step]
             if self.controls["step"].value != self.step:
                 self.controls["step"].value = self.step
 

@@ -43,7 +43,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SERVER_START_S = 60  # JupyterLab up and answering
-WIDGET_RENDER_S = 40  # kernel start, imports, numba cache load, first update
+WIDGET_RENDER_S = 90  # kernel start, imports, numba cache load, first update
 SLIDER_PRESSES = 12  # ArrowRight presses on the cellprob slider: +3.0 at step 0.25
 
 # "browser" is registered in pyproject.toml's markers; while it is not, creating
@@ -197,6 +197,7 @@ def _count(text):
 
 def test_threshold_explorer_in_jupyterlab(chromium, jupyter_lab, tmp_path):
     from PIL import Image
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -215,9 +216,22 @@ def test_threshold_explorer_in_jupyterlab(chromium, jupyter_lab, tmp_path):
             page.wait_for_timeout(1000)
             if page.locator(".jp-Dialog").count():
                 page.locator(".jp-Dialog .jp-mod-accept").click()
-            # Run > Run All Cells (the menu, as a learner would)
-            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+            # wait for the kernel ("Python 3 (ipykernel) | Idle" in the status bar), then
+            # Run > Run All Cells (the menu, as a learner would); should the command not
+            # be taken yet (prompt still "[ ]:"), try again
+            page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\| Idle")).first.wait_for(
+                timeout=SERVER_START_S * 1000)
+            for attempt in range(3):
+                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+                try:
+                    page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first.wait_for(
+                        timeout=10_000)
+                    break
+                except PlaywrightTimeout:
+                    page.keyboard.press("Escape")  # close a menu left open
+            else:
+                raise AssertionError("Run All Cells did not start the notebook")
 
             status = page.locator(".cellpose-nb-count")
             view = page.locator("img.cellpose-nb-masks")
@@ -234,20 +248,22 @@ def test_threshold_explorer_in_jupyterlab(chromium, jupyter_lab, tmp_path):
             handle.focus()
             for _ in range(SLIDER_PRESSES):
                 handle.press("ArrowRight")
-            readout = page.locator(".cellpose-nb-cellprob-threshold .widget-readout")
+            # query the elements afresh on every poll: the HTML widget replaces its
+            # content (a kept element handle would go stale and keep the old text)
             page.wait_for_function(
-                "([el, want]) => parseFloat(el.textContent) === want",
-                arg=[readout.element_handle(), 0.25 * SLIDER_PRESSES],
+                "want => parseFloat(document.querySelector("
+                "'.cellpose-nb-cellprob-threshold .widget-readout').textContent) === want",
+                arg=0.25 * SLIDER_PRESSES,
             )
             page.wait_for_function(
-                "([el, before]) => !el.textContent.includes(before)",
-                arg=[status.element_handle(), text_before.split(",")[0]],
+                "before => !document.querySelector('.cellpose-nb-count').textContent.includes(before)",
+                arg=text_before.split(",")[0],
                 timeout=WIDGET_RENDER_S * 1000,
             )
             page.wait_for_function(
-                "([img, before]) => img.getAttribute('src') !== before && img.complete"
-                " && img.naturalWidth > 0",
-                arg=[view.element_handle(), src_before],
+                "before => { const i = document.querySelector('img.cellpose-nb-masks');"
+                " return i.getAttribute('src') !== before && i.complete && i.naturalWidth > 0; }",
+                arg=src_before,
             )
             page.wait_for_timeout(300)  # let the new image paint
             text_after = status.inner_text()

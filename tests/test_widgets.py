@@ -195,6 +195,8 @@ def test_threshold_update_without_truth_and_from_segmentation(sample, prediction
     assert np.array_equal(ex.update(min_size=20), ex.compute(cellprob_threshold=0.5, min_size=20))
     with pytest.raises(ValueError, match="below the cached lowest"):
         ex.update(cellprob_threshold=-2.0)
+    ex.precompute([1.5, 2.0])
+    assert {1.5, 2.0} <= set(ex._clusterings) and ex._clusterings[2.0].errors is not None
     fig = ex.static(cellprob_threshold=1.0)
     assert isinstance(fig, Figure) and "cellprob 1" in fig.axes[0].get_title()
 
@@ -219,6 +221,9 @@ def test_flow_explorer_trajectory_ends_at_the_cell_centre(sample):
     assert ex.view.value != view
     centre = np.array(ex.center_of(cell))
     assert np.hypot(*(ex.trajectory[-1] - centre)) < 2.0
+    drawn = ex._artists["traj1"]  # the path drawn on the flow panel
+    assert np.array_equal(drawn.get_xdata(), ex.trajectory[:, 1])
+    assert np.array_equal(drawn.get_ydata(), ex.trajectory[:, 0])
     assert (ex.controls["row"].value, ex.controls["col"].value) == ex.pixel
     # picking a pixel with the sliders traces it
     r, c = np.argwhere(sample.labels == 3)[5]
