@@ -1,8 +1,8 @@
 """Best-effort set-up of the headless browser used by tests/test_browser.py.
 
-Installs Debian's ``chromium`` when it is missing and we are root (as on CI),
-and the ``playwright`` Python package (its own browser download is never used:
-the test drives /usr/bin/chromium).  Prints what it did; never fails the build,
+Installs Debian's ``chromium`` when it is missing and we are root (as on CI).
+The ``playwright`` Python package comes with the ``dev`` extra; its own browser
+download is never used: the test drives /usr/bin/chromium.  Prints what it did; never fails the build,
 the browser test itself reports what is missing (and fails on CI).
 """
 
@@ -22,10 +22,6 @@ def main():
                 check=False,
                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             )
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "playwright"], check=False)
     print("chromium:", shutil.which("chromium") or "not found (browser test will skip outside CI)")
     return 0
 
