@@ -102,6 +102,9 @@ CELLPROB_GRID = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 FLOW_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 AP_IOU = 0.5  # IoU threshold of the validation AP
 MIN_SIZE = 15  # compute_masks' default minimum mask size
+PRED_WHOLE_PIXELS = 1024 * 1024  # whole-image passes up to this size; tiles above (memory)
+PRED_TILE = 512  # side of those tiles ...
+PRED_MARGIN = 64  # ... of which this many pixels on each side are context only
 # config fields that may differ between a run and its resumption
 _RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp"})
 _OPTIMIZERS = ("adamw", "sgd")
@@ -181,12 +184,15 @@ class TrainResult(NamedTuple):
         False when the call stopped early on ``max_minutes``; call again with
         ``resume=True`` to go on.
     out_dir : Path or None
+    model_dir : Path or None
+        ``out_dir/model``, where the model was saved.
     """
 
     model: torch.nn.Module
     history: list
     completed: bool
     out_dir: Path | None
+    model_dir: Path | None
 
 
 # --- loss and schedule ---------------------------------------------------------------
@@ -411,10 +417,41 @@ class _Prediction(NamedTuple):
     style: np.ndarray  # (S,)
 
 
+def _padded_pass(model, t):
+    """The network on (1, C, h, w), zero-padded (centred) to the size multiple."""
+    h, w = t.shape[-2:]
+    m = model.config.size_multiple
+    ph, pw = -h % m, -w % m
+    y, style = model(F.pad(t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
+    return y[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w].float(), style.float()
+
+
+def _tiled_pass(model, t):
+    """The network on big inputs, tile by tile: each tile sees PRED_MARGIN pixels of
+    context on every side and contributes its centre; the style is the normalised
+    mean of the tile styles (Cellpose sums and normalises too)."""
+    h, w = t.shape[-2:]
+    if h * w <= PRED_WHOLE_PIXELS:
+        return _padded_pass(model, t)
+    core = PRED_TILE - 2 * PRED_MARGIN
+    y = torch.empty((1, model.config.n_out, h, w), dtype=torch.float32, device=t.device)
+    styles = []
+    for r0 in range(0, h, core):
+        for c0 in range(0, w, core):
+            r1, c1 = min(h, r0 + core), min(w, c0 + core)
+            a, b = max(0, r0 - PRED_MARGIN), max(0, c0 - PRED_MARGIN)
+            out, style = _padded_pass(model, t[..., a:min(h, r1 + PRED_MARGIN),
+                                               b:min(w, c1 + PRED_MARGIN)])
+            y[..., r0:r1, c0:c1] = out[..., r0 - a:r1 - a, c0 - b:c1 - b]
+            styles.append(style)
+    style = torch.stack(styles).mean(dim=0)
+    return y, style / style.square().sum(dim=1, keepdim=True).sqrt()
+
+
 @torch.no_grad()
 def _predict_padded(model, x, *, rescale=1.0):
     """Run ``model`` on one (C, H, W) input zoomed by ``rescale``, zero-padded to the
-    size multiple; outputs are cropped and zoomed back to (H, W)."""
+    size multiple (tiled when big); outputs are cropped and zoomed back to (H, W)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -423,17 +460,12 @@ def _predict_padded(model, x, *, rescale=1.0):
     if rescale != 1.0:
         zoomed = tuple(max(1, int(round(s * rescale))) for s in size)
         t = F.interpolate(t, size=zoomed, mode="bilinear", align_corners=False)
-    h, w = t.shape[-2:]
-    m = model.config.size_multiple
-    ph, pw = -h % m, -w % m
-    t = F.pad(t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    y, style = model(t)
-    y = y[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w].float()
+    y, style = _tiled_pass(model, t)
     if rescale != 1.0:
         y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
     model.train(was_training)
     y = y[0].cpu().numpy()
-    return _Prediction(y[:2] / FLOW_SCALE, y[2], style[0].float().cpu().numpy())
+    return _Prediction(y[:2] / FLOW_SCALE, y[2], style[0].cpu().numpy())
 
 
 def _segment(model, x, *, rescale, cellprob_threshold=0.0, flow_threshold=0.4):
@@ -630,7 +662,7 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
     Returns
     -------
     TrainResult
-        ``model`` (eval mode), ``history``, ``completed``, ``out_dir``.
+        ``model`` (eval mode), ``history``, ``completed``, ``out_dir``, ``model_dir``.
 
     Raises
     ------
@@ -736,7 +768,7 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
         model.training_record = record
         model_io.save(model, out / MODEL_DIR, training_record=record,
                       thresholds=model.thresholds, overwrite=True)
-    return TrainResult(model, history, completed, out)
+    return TrainResult(model, history, completed, out, None if out is None else out / MODEL_DIR)
 
 
 def _loop(run, val, history, state, start, progress, save_checkpoint, write_history):
@@ -1173,7 +1205,8 @@ def finish_model(model, train_images, train_labels, *, out_dir, val_images=None,
     return folder
 
 
-def train_folder(folder, *, out_dir, config=None, model_config=None, channels=(0, None),
+def train_folder(folder, *, out_dir, config=None, model=None, model_config=None,
+                 channels=(0, None),
                  channel_axis=None, invert=False, val_fraction=0.1, seed=0, resume=False,
                  size_passes=SIZE_PASSES, size_crop=SIZE_CROP, progress=True, command=None,
                  image_suffix="_img", mask_suffix="_masks") -> TrainResult:
@@ -1182,7 +1215,7 @@ def train_folder(folder, *, out_dir, config=None, model_config=None, channels=(0
     Reads it with :func:`cellpose_nb.data.read_folder`, splits train/val with
     :func:`split_train_val` (``val_fraction``, ``seed``), builds a
     :class:`~cellpose_nb.model.CellposeUNet` (weights seeded by ``seed``),
-    :func:`train`\\ s it, then :func:`finish_model` (size model, thresholds).
+    trains it with :func:`train`, then runs :func:`finish_model` (size model, thresholds).
 
     Parameters
     ----------
@@ -1190,8 +1223,11 @@ def train_folder(folder, *, out_dir, config=None, model_config=None, channels=(0
     out_dir : path
         Run folder (see :func:`train`); the model ends up in ``out_dir/model``.
     config : TrainConfig, optional
+    model : CellposeUNet, optional
+        Start from this network (fine-tuning); trained in place.
     model_config : ModelConfig, optional
-        Default ``ModelConfig(diam_mean=config.diam_mean or 30)``.
+        Architecture of a new network when ``model`` is None; default
+        ``ModelConfig(diam_mean=config.diam_mean or 30)``.
     channels, channel_axis, invert
         How to build the network input, see :func:`prepare_images`.
     val_fraction, seed
@@ -1226,8 +1262,10 @@ def train_folder(folder, *, out_dir, config=None, model_config=None, channels=(0
     pick = lambda idx, seq: [seq[k] for k in idx]  # noqa: E731
     labels = [s.labels for s in samples]
     names = [s.name for s in samples]
-    torch.manual_seed(seed)
-    net = model_io.CellposeUNet(model_config)
+    net = model
+    if net is None:
+        torch.manual_seed(seed)
+        net = model_io.CellposeUNet(model_config)
     result = train(net, pick(train_idx, inputs), pick(train_idx, labels), config=config,
                    val_images=pick(val_idx, inputs), val_labels=pick(val_idx, labels),
                    out_dir=out_dir, resume=resume, progress=progress,

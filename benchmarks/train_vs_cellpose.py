@@ -1,0 +1,149 @@
+"""Training throughput side by side: cellpose 3.1.1.2 ``train.train_seg`` vs ``cellpose_nb.train.train``.
+
+Same work on both sides: the same network architecture (CPnet widths
+2-32-64-128-256 by default), the same network inputs (percentile-normalised
+(2, H, W) float32 images; Cellpose gets ``normalize=False`` so neither side
+normalises again), batch size 8, crops of 224, AdamW with Cellpose's
+defaults, the same number of images and epochs, on the CPU with the same
+number of torch threads, no validation, no checkpoints (Cellpose saves its
+weights once at the end; we save nothing).  Each timed call includes the
+flow computation from the labels (both sides compute flows once per call),
+the per-epoch augmentation and the optimisation.  A warm-up call of one
+epoch per implementation comes first (numba JIT, thread pools, allocators);
+then ``--repeats`` timed calls per implementation, interleaved, and the
+fastest of each is reported (the machine may be shared: the spread is printed).
+
+Data: synthetic nuclei (``make_synthetic``, kind="nuclei", diameter 17),
+or ``--dsb`` for the first DSB2018 fluorescence images cropped to 256 x 256.
+
+    python benchmarks/train_vs_cellpose.py [--images 16] [--epochs 2] [--threads 2] [--repeats 3] [--dsb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+DIAMETER = 17.0  # nuclei diameter (px) and diam_mean of both networks
+SIZE = 256  # side of the training images
+CELLS = 40  # synthetic nuclei per image
+BATCH_SIZE = 8
+CROP = 224
+LEARNING_RATE = 0.005  # train_seg's default (AdamW)
+WEIGHT_DECAY = 1e-5
+
+
+def make_data(n, dsb):
+    from cellpose_nb.train import prepare_images
+
+    if dsb:
+        from cellpose_nb.data import load_dsb2018
+
+        samples = load_dsb2018(modality="fluorescence", limit=n)
+        images = [s.image[:SIZE, :SIZE] for s in samples]
+        labels = [s.labels[:SIZE, :SIZE].astype(np.int32) for s in samples]
+    else:
+        from cellpose_nb.data import make_synthetic_dataset
+
+        samples = make_synthetic_dataset(n, shape=(SIZE, SIZE), seed=0, n_cells=CELLS,
+                                          diameter=DIAMETER, kind="nuclei")
+        images = [s.image for s in samples]
+        labels = [s.labels for s in samples]
+    return prepare_images(images), labels
+
+
+def run_ours(images, labels, n_epochs, features):
+    from cellpose_nb.model import CellposeUNet, ModelConfig
+    from cellpose_nb.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    net = CellposeUNet(ModelConfig(features=features, diam_mean=DIAMETER))
+    config = TrainConfig(n_epochs=n_epochs, batch_size=BATCH_SIZE, crop_size=CROP,
+                         learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+                         optimizer="adamw", device="cpu", min_train_masks=1)
+    t0 = time.perf_counter()
+    res = train(net, images, labels, config=config, progress=False)
+    return time.perf_counter() - t0, [h["train_loss"] for h in res.history]
+
+
+def run_cellpose(images, labels, n_epochs, features):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from cellpose import resnet_torch
+        from cellpose import train as cp_train
+    logging.getLogger("cellpose").setLevel(logging.WARNING)
+    torch.manual_seed(0)
+    net = resnet_torch.CPnet([2, *features], 3, sz=3, max_pool=True, diam_mean=DIAMETER)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        _, losses, _ = cp_train.train_seg(
+            net, train_data=list(images), train_labels=list(labels), batch_size=BATCH_SIZE,
+            learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, SGD=False,
+            n_epochs=n_epochs, normalize=False, save_path=tmp, bsize=CROP,
+            min_train_masks=1, model_name="bench")
+        return time.perf_counter() - t0, list(losses)
+
+
+def time_flows(labels, impl):
+    """Seconds to compute the training flows of ``labels`` once."""
+    t0 = time.perf_counter()
+    if impl == "cellpose_nb":
+        from cellpose_nb.train import cached_flows
+
+        cached_flows(labels)
+    else:
+        from cellpose import dynamics
+
+        dynamics.labels_to_flows(list(labels), device=torch.device("cpu"))
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--features", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--dsb", action="store_true", help="DSB2018 fluorescence crops")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    features = tuple(args.features)
+    images, labels = make_data(args.images, args.dsb)
+    n = len(images) * args.epochs
+    print(f"{len(images)} images {SIZE}x{SIZE} ({'DSB2018' if args.dsb else 'synthetic'}), "
+          f"{args.epochs} epochs, batch {BATCH_SIZE}, crops {CROP}, features {features}, "
+          f"CPU, {torch.get_num_threads()} threads")
+    impls = {"cellpose_nb": run_ours, "cellpose": run_cellpose}
+    runs = {name: [] for name in impls}
+    with contextlib.redirect_stderr(io.StringIO()):  # Cellpose's tqdm bars
+        for run in impls.values():
+            run(images, labels, 1, features)  # warm-up
+        for _ in range(args.repeats):  # interleaved, the best of each counts
+            for name, run in impls.items():
+                runs[name].append(run(images, labels, args.epochs, features))
+        flows = {name: min(time_flows(labels, name) for _ in range(2)) for name in impls}
+    total, loop = {}, {}
+    for name in impls:
+        seconds, losses = min(runs[name], key=lambda r: r[0])
+        total[name], loop[name] = seconds, seconds - flows[name]
+        print(f"{name:12s} {seconds:7.1f} s in all ({n / seconds:5.2f} images/s); flows "
+              f"{flows[name]:5.1f} s; epochs {loop[name]:7.1f} s ({n / loop[name]:5.2f} "
+              f"images/s); all runs {[round(r[0], 1) for r in runs[name]]} s; "
+              f"epoch losses {np.round(losses, 3).tolist()}")
+    print(f"throughput ratio cellpose_nb / cellpose: whole call "
+          f"{total['cellpose'] / total['cellpose_nb']:.2f}x, epochs only "
+          f"{loop['cellpose'] / loop['cellpose_nb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
