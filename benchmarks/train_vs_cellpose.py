@@ -1,4 +1,4 @@
-"""Training throughput side by side: cellpose 3.1.1.2 ``train.train_seg`` vs ``cellpose_nb.train.train``.
+"""Training throughput: cellpose 3.1.1.2 ``train.train_seg`` vs ``cellpose_nb.train.train``.
 
 Same work on both sides: the same network architecture (CPnet widths
 2-32-64-128-256 by default), the same network inputs (percentile-normalised
@@ -16,7 +16,8 @@ fastest of each is reported (the machine may be shared: the spread is printed).
 Data: synthetic nuclei (``make_synthetic``, kind="nuclei", diameter 17),
 or ``--dsb`` for the first DSB2018 fluorescence images cropped to 256 x 256.
 
-    python benchmarks/train_vs_cellpose.py [--images 16] [--epochs 2] [--threads 2] [--repeats 3] [--dsb]
+    python benchmarks/train_vs_cellpose.py [--images 16] [--epochs 2] [--threads 2] \\
+        [--repeats 3] [--dsb]
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ class TrainConfig:
     val_every: int = 10  # validate every this many epochs (and after the last)
     save_every: int = 5  # checkpoint every this many epochs (and after the last)
     num_threads: int | None = None  # torch.set_num_threads during training; None: unchanged
-    max_minutes: float | None = None  # wall-time budget of one call; stops resumably
+    max_minutes: float | None = None  # budget of one call: stop before an epoch that would overrun
 
     def __post_init__(self):
         positive = ("n_epochs", "batch_size", "crop_size", "val_every", "save_every")
@@ -684,6 +684,7 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
     >>> [sorted(h) for h in res.history][0]
     ['epoch', 'lr', 'seconds', 'train_loss', 'val_ap50', 'val_loss']
     """
+    t_call = time.perf_counter()  # max_minutes counts from here (flows included)
     config = TrainConfig() if config is None else config
     n_channels = model.config.n_channels
     images, labels = _check_inputs(train_images, train_labels, n_channels, "training")
@@ -721,7 +722,8 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
         run = _Run(model, config, images, labels, flows, rescale, device)
         val = None
         if have_val:
-            v_flows = cached_flows(v_labels, cache_dir=None if out is None else out / FLOW_CACHE_DIR)
+            v_flows = cached_flows(v_labels,
+                                   cache_dir=None if out is None else out / FLOW_CACHE_DIR)
             val = {"images": v_images, "labels": v_labels, "flows": v_flows,
                    "rescale": _rescale_factors(v_labels, diam_mean, config.rescale)[1]}
         history, start = [], 0
@@ -752,7 +754,7 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
             write_history()
 
         completed = _loop(run, val, history, state, start, progress, save_checkpoint,
-                          write_history)
+                          write_history, t_call)
     model.eval()
     if out is not None:
         record = {
@@ -771,11 +773,11 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
     return TrainResult(model, history, completed, out, None if out is None else out / MODEL_DIR)
 
 
-def _loop(run, val, history, state, start, progress, save_checkpoint, write_history):
+def _loop(run, val, history, state, start, progress, save_checkpoint, write_history, t_call):
     """The epochs from ``start``; returns False when stopped by the time budget."""
     config, model = run.config, run.model
     rates = learning_rate_schedule(config)
-    t_call = time.perf_counter()
+    t_loop = time.perf_counter()
     bar = tqdm(range(start, config.n_epochs), initial=start, total=config.n_epochs,
                desc="train", disable=not progress, unit="epoch")
     try:
@@ -807,7 +809,7 @@ def _loop(run, val, history, state, start, progress, save_checkpoint, write_hist
             state["epoch"] = epoch + 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_ap50=f"{row['val_ap50']:.3f}")
             spent = time.perf_counter() - t_call
-            per_epoch = spent / (epoch + 1 - start)
+            per_epoch = (time.perf_counter() - t_loop) / (epoch + 1 - start)
             out_of_time = (config.max_minutes is not None and not last
                            and spent + per_epoch > 60 * config.max_minutes)
             if last or out_of_time or (epoch + 1) % config.save_every == 0:

@@ -28,12 +28,25 @@ Time budget
 ``--max-minutes`` bounds the whole command: the training loop stops (after
 a whole epoch, with a checkpoint) when the next epoch would end later than
 ``max-minutes - reserve-minutes`` after the start; ``--reserve-minutes`` is
-kept for the final steps.  The same command run again resumes from
+kept for the final steps (size model, thresholds and report take about
+10 minutes on 2 CPU cores).  The same command run again resumes from
 ``OUT/checkpoint.pt`` (the flows are cached in ``OUT/flows``).  Exit status:
 0 finished, 3 stopped by the budget (run again to continue).
 
-    nohup python scripts/train_nuclei.py --out runs/nuclei --epochs 40 \\
-        --max-minutes 60 > runs/nuclei.log 2>&1 &
+Throughput measured on a shared 2-core CPU (224 x 224 crops, batch 8,
+forward + backward + augmentation), which varied about 2x with the load of
+the machine: features (8, 16, 32, 64) about 1 crop/s, (16, 32, 64, 128)
+about 0.8 crop/s, (32, 64, 128, 256) about 0.45 crop/s.  A 60-minute run
+therefore sees only about 2000-2500 crops: use a small network and short
+"epochs" (``--images-per-epoch``) so that the warm-up and the final
+halvings of the learning rate fit into the budget::
+
+    nohup python scripts/train_nuclei.py --out runs/nuclei --features 16 32 64 128 \\
+        --epochs 16 --images-per-epoch 128 --val-every 8 --size-passes 1 \\
+        --max-minutes 60 --reserve-minutes 12 --threads 2 > runs/nuclei.log 2>&1 &
+
+With more time (or a GPU) raise ``--epochs`` and drop ``--images-per-epoch``
+(Cellpose's nuclei model: full widths, 500 epochs over every image).
 
 Quick check that it runs (a minute or two):
 
@@ -112,7 +125,7 @@ def main(argv=None):
     p.add_argument("--images-per-epoch", type=int, default=None, help="default all")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--max-minutes", type=float, default=None, help="budget of this command")
-    p.add_argument("--reserve-minutes", type=float, default=6.0,
+    p.add_argument("--reserve-minutes", type=float, default=12.0,
                    help="part of --max-minutes kept for size model, thresholds and report")
     p.add_argument("--val-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=1)
@@ -176,7 +189,8 @@ def main(argv=None):
     (args.out / "report.json").write_text(json.dumps(
         {"ap50_val": table, "thresholds": thresholds, "epochs": done,
          "minutes": (time.perf_counter() - t_start) / 60}, indent=2))
-    print(f"model saved in {folder}; thresholds {thresholds and {k: thresholds[k] for k in ('cellprob_threshold', 'flow_threshold')}}")
+    chosen = thresholds and {k: thresholds[k] for k in ("cellprob_threshold", "flow_threshold")}
+    print(f"model saved in {folder}; thresholds {chosen}")
     print(f"{'modality':14s} {'n':>4s} {'AP@0.5 true diam':>17s} {'AP@0.5 est. diam':>17s}")
     for modality, row in table.items():
         print(f"{modality:14s} {row['n']:4d} {row['true_diameter']:17.3f} "

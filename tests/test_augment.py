@@ -95,9 +95,11 @@ def test_recompute_mode_equals_masks_to_flows(sample):
 def test_deterministic_given_rng_and_inputs_untouched(sample):
     image, labels, flows = sample
     copies = [a.copy() for a in sample]
-    a = random_transform(image, labels, flows=flows, rng=np.random.default_rng(7), out_size=(64, 64))
-    b = random_transform(image, labels, flows=flows, rng=np.random.default_rng(7), out_size=(64, 64))
-    c = random_transform(image, labels, flows=flows, rng=np.random.default_rng(8), out_size=(64, 64))
+    def draw(seed):
+        return random_transform(image, labels, flows=flows, rng=np.random.default_rng(seed),
+                                out_size=(64, 64))
+
+    a, b, c = draw(7), draw(7), draw(8)
     for x, y in zip(a[:3], b[:3]):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a.image, c.image)
