@@ -1,0 +1,272 @@
+"""Tests of cellpose_nb.predict: shapes, tiling, augmentation, rescaling, thresholds,
+streaming memory, errors, and an oracle network that must give back known labels."""
+
+import sys
+import tracemalloc
+import types
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from cellpose_nb import predict as P
+from cellpose_nb.data import make_synthetic
+from cellpose_nb.flows import FLOW_SCALE, masks_to_flows
+from cellpose_nb.metrics import matching
+from cellpose_nb.model import CellposeUNet, ModelConfig
+
+DIAM = 12.0
+
+
+def _tiny_model(features=(8, 16), seed=0, diam_mean=DIAM):
+    torch.manual_seed(seed)
+    net = CellposeUNet(ModelConfig(features=features, diam_mean=diam_mean))
+    for m in net.modules():  # non-trivial BatchNorm statistics, so that eval mode matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0.0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def net():
+    return _tiny_model()
+
+
+def _smooth(shape, seed=0):
+    x = np.random.default_rng(seed).random(shape).astype(np.float32)
+    return ndi.gaussian_filter(x, [0] * (len(shape) - 2) + [2, 2])
+
+
+def _check(res, shape):
+    assert isinstance(res, P.Segmentation)
+    assert res.labels.shape == shape and res.labels.dtype == np.int32
+    assert res.flows.shape == (2, *shape) and res.flows.dtype == np.float32
+    assert res.cellprob.shape == shape and res.cellprob.dtype == np.float32
+    assert res.style.ndim == 1 and res.style.dtype == np.float32
+    assert np.isfinite(res.flows).all() and np.isfinite(res.cellprob).all()
+
+
+# --- shapes and inputs ------------------------------------------------------------------
+def test_segment_shapes_2d_3d_and_lists(net):
+    img = _smooth((50, 70))
+    before = img.copy()
+    res = P.segment(img, net, diameter=DIAM, tile_size=32)
+    _check(res, (50, 70))
+    assert res.style.shape == (16,) and res.diameter == DIAM
+    np.testing.assert_array_equal(img, before)  # input untouched
+
+    multi = _smooth((3, 40, 30))
+    _check(P.segment(multi, net, diameter=DIAM, channel_axis=0, channels=(2, 0)), (40, 30))
+    _check(P.segment(multi.transpose(1, 2, 0), net, diameter=DIAM, channels=(1, None)), (40, 30))
+
+    out = P.segment([img, img[:33, :41]], net, diameter=DIAM)
+    assert isinstance(out, list) and len(out) == 2
+    _check(out[1], (33, 41))
+    np.testing.assert_array_equal(out[0].labels, P.segment(img, net, diameter=DIAM).labels)
+
+
+def test_segment_many_list_and_generator(net):
+    imgs = [_smooth((40, 40), s) for s in range(2)]
+    a = P.segment_many(imgs, net, diameter=DIAM, progress=False)
+    b = P.segment_many((im for im in imgs), net, diameter=DIAM, progress=False)
+    assert [r.labels.shape for r in a] == [(40, 40)] * 2
+    for ra, rb in zip(a, b):
+        np.testing.assert_array_equal(ra.labels, rb.labels)
+
+
+@pytest.mark.parametrize("diameter", [DIAM * 2, DIAM / 1.7])
+def test_rescaling_returns_original_size(net, diameter):
+    res = P.segment(_smooth((45, 61)), net, diameter=diameter, tile_size=32)
+    _check(res, (45, 61))
+    assert res.diameter == pytest.approx(diameter)
+
+
+def test_training_mode_model_is_run_in_eval_and_restored():
+    net = _tiny_model()
+    x = _smooth((2, 40, 40))
+    ref = P.run_net(net, x).y
+    net.train()
+    np.testing.assert_allclose(P.run_net(net, x).y, ref, atol=1e-6)
+    assert net.training
+
+
+# --- thresholds and diameter ------------------------------------------------------------
+def _spy(monkeypatch):
+    seen = {}
+
+    def fake_compute_masks(flows, cellprob, **kw):
+        seen.update(kw)
+        return np.zeros(cellprob.shape, np.int32)
+
+    monkeypatch.setattr(P, "compute_masks", fake_compute_masks)
+    return seen
+
+
+def test_thresholds_come_from_the_model(monkeypatch):
+    net = _tiny_model()
+    img = _smooth((32, 32))
+    seen = _spy(monkeypatch)
+    P.segment(img, net, diameter=DIAM)
+    assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (0.0, 0.4)
+    net.thresholds = {"cellprob_threshold": -1.5, "flow_threshold": 0.8}
+    P.segment(img, net, diameter=DIAM, min_size=3, n_iter=50)
+    assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (-1.5, 0.8)
+    assert (seen["min_size"], seen["n_iter"]) == (3, 50)
+    P.segment(img, net, diameter=DIAM, cellprob_threshold=2.0)  # explicit wins
+    assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (2.0, 0.8)
+    net.thresholds = {"cellprob": 0.5}  # short key, flow falls back to the default
+    P.segment(img, net, diameter=DIAM)
+    assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (0.5, 0.4)
+
+
+def test_diameter_none_without_size_model_warns_and_uses_diam_mean(net, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cellpose_nb.train", None)  # import fails
+    with pytest.warns(UserWarning, match="diam_mean"):
+        res = P.segment(_smooth((40, 40)), net)
+    assert res.diameter == DIAM
+
+
+def test_diameter_none_uses_estimate_diameter_when_available(net, monkeypatch):
+    fake = types.ModuleType("cellpose_nb.train")
+    fake.estimate_diameter = lambda model, x: 24.0
+    monkeypatch.setitem(sys.modules, "cellpose_nb.train", fake)
+    res = P.segment(_smooth((40, 40)), net)
+    assert res.diameter == 24.0 and res.labels.shape == (40, 40)
+
+
+# --- tiling -----------------------------------------------------------------------------
+def test_tile_layout_covers_the_padded_image():
+    for shape in [(10, 10), (100, 130), (500, 731), (17, 300)]:
+        for augment in (False, True):
+            lay = P.tile_layout(shape, tile_size=64, augment=augment)
+            assert all(s % 16 == 0 for s in lay.shape)
+            assert lay.pad[0] >= P.PAD_EXTRA and lay.pad[1] >= P.PAD_EXTRA
+            for starts, tile, n in zip((lay.rows, lay.cols), lay.tile, lay.shape):
+                assert starts[0] == 0 and starts[-1] + tile == n
+                assert (np.diff(starts) < tile).all()  # neighbours overlap, no gaps
+            if augment:
+                assert len(lay.rows) >= 2 and len(lay.cols) >= 2
+    with pytest.raises(ValueError, match="multiple of 16"):
+        P.tile_layout((100, 100), tile_size=50)
+
+
+def test_tiled_and_whole_image_agree_in_the_interior():
+    net = _tiny_model(features=(8, 16, 32))
+    x = _smooth((2, 150, 200))
+    x = (x - x.mean()) / x.std()
+    whole = P.run_net(net, x, tile_size=224).y  # one tile
+    tiled = P.run_net(net, x, tile_size=64, tile_overlap=0.1).y  # 4 x 5 tiles
+    inner = (slice(None), slice(16, -16), slice(16, -16))
+    rel = np.sqrt(((whole - tiled)[inner] ** 2).mean()) / whole.std()
+    assert rel < 0.1
+    assert np.corrcoef(whole[inner].ravel(), tiled[inner].ravel())[0, 1] > 0.99
+
+
+def test_streaming_batches_give_the_same_result_in_little_memory(net):
+    x = _smooth((2, 192, 160))
+    one_batch = P.run_net(net, x, tile_size=32, batch_size=64)
+    tracemalloc.start()
+    streamed = P.run_net(net, x, tile_size=32, batch_size=3)  # 8 x 7 tiles, last batch short
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(streamed.y, one_batch.y, atol=1e-5)
+    np.testing.assert_allclose(streamed.style, one_batch.style, atol=1e-5)
+    image_bytes = x[0].nbytes
+    # a (3, H, W) sum + an (H, W) weight; all tiles at once would be ~7 image copies
+    assert peak < 5 * image_bytes, peak / image_bytes
+
+
+def test_augment_shapes_and_flip_equivariance(net):
+    x = _smooth((2, 48, 48))  # padded to 64 = one tile position, seen in all four flips
+    y = P.run_net(net, x, tile_size=64, augment=True).y
+    assert y.shape == (3, 48, 48)
+    flipped = P.run_net(net, x[:, ::-1, :], tile_size=64, augment=True).y
+    expect = y[:, ::-1, :].copy()
+    expect[0] *= -1
+    np.testing.assert_allclose(flipped, expect, atol=1e-5)
+    flipped = P.run_net(net, x[:, :, ::-1], tile_size=64, augment=True).y
+    expect = y[:, :, ::-1].copy()
+    expect[1] *= -1
+    np.testing.assert_allclose(flipped, expect, atol=1e-5)
+    res = P.segment(_smooth((70, 90)), net, diameter=DIAM, tile_size=32, augment=True)
+    _check(res, (70, 90))
+
+
+# --- the whole pipeline with an oracle network ------------------------------------------
+class OracleNet(torch.nn.Module):
+    """A perfect network for one label image.
+
+    Its input carries pixel coordinates (row + 1, col + 1; 0 = padding), so each
+    tile tells the oracle where it is, and whether it was flipped; it answers
+    with ``FLOW_SCALE * masks_to_flows(labels)`` (flow signs in the tile's own
+    frame) and cellprob +5 inside cells, -5 outside.
+    """
+
+    def __init__(self, labels, diam_mean=17.0):
+        super().__init__()
+        self.config = ModelConfig(features=(8, 16), diam_mean=diam_mean)
+        self.thresholds = None
+        self.flows = torch.from_numpy(FLOW_SCALE * masks_to_flows(labels))
+        self.prob = torch.from_numpy(np.where(labels > 0, 5.0, -5.0).astype(np.float32))
+
+    def forward(self, x):
+        rows, cols = x[:, 0].round().long() - 1, x[:, 1].round().long() - 1
+        inside = (rows >= 0) & (cols >= 0)
+        r, c = rows.clamp(min=0), cols.clamp(min=0)
+        y = torch.stack([self.flows[0][r, c], self.flows[1][r, c], self.prob[r, c]], 1)
+        for ch, coord, dim in ((0, rows, 1), (1, cols, 2)):
+            step = coord.diff(dim=dim)
+            both = inside.narrow(dim, 1, step.shape[dim]) & inside.narrow(dim, 0, step.shape[dim])
+            flipped = (step * both).sum(dim=(1, 2)) < 0
+            y[flipped, ch] *= -1
+        y[:, :2] *= inside[:, None]
+        y[:, 2] = torch.where(inside, y[:, 2], torch.tensor(-5.0))
+        return y, torch.ones(x.shape[0], 4)
+
+
+@pytest.fixture(scope="module")
+def oracle_case():
+    labels = make_synthetic((150, 190), n_cells=30, diameter=17, kind="nuclei", seed=3).labels
+    rows, cols = np.indices(labels.shape)
+    coords = np.stack([rows + 1, cols + 1], -1).astype(np.float32)
+    return labels, coords, OracleNet(labels)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_oracle_network_gives_back_the_labels(oracle_case, augment):
+    labels, coords, oracle = oracle_case
+    res = P.segment(coords, oracle, diameter=17.0, channels=(0, 1), normalize=False,
+                    tile_size=48, tile_overlap=0.1, augment=augment, batch_size=5)
+    np.testing.assert_allclose(res.flows, masks_to_flows(labels), atol=1e-5)
+    np.testing.assert_allclose(res.cellprob, np.where(labels > 0, 5.0, -5.0), atol=1e-5)
+    m = matching(labels, res.labels, thresholds=[0.9])[0]
+    assert m.ap >= 0.99, m
+
+
+# --- errors -----------------------------------------------------------------------------
+@pytest.mark.parametrize("image, knobs, match", [
+    (np.full((20, 20), np.nan), {}, "NaN"),
+    (np.zeros((0, 20)), {}, "empty"),
+    (np.zeros(20), {}, r"\(H, W\)"),
+    (np.zeros((2, 3, 20, 20)), {}, r"\(H, W\)"),
+    (np.zeros((20, 20, 2)), {"channels": (5, None)}, "out of range"),
+    (np.zeros((20, 20)), {"diameter": 0}, "diameter"),
+    (np.zeros((20, 20)), {"diameter": -3.0}, "diameter"),
+    (np.zeros((20, 20)), {"diameter": float("nan")}, "diameter"),
+    (np.zeros((20, 20)), {"tile_size": 40}, "tile_size"),
+    (np.zeros((20, 20)), {"batch_size": 0}, "batch_size"),
+    (np.zeros((20, 20)), {"tile_overlap": 1.5}, "tile_overlap"),
+])
+def test_clear_errors(net, image, knobs, match):
+    knobs = {"diameter": DIAM, **knobs}
+    with pytest.raises(ValueError, match=match):
+        P.segment(image, net, **knobs)
+
+
+def test_run_net_rejects_bad_input(net):
+    with pytest.raises(ValueError, match="C, H, W"):
+        P.run_net(net, np.zeros((20, 20), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        P.run_net(net, np.full((2, 20, 20), np.inf, np.float32))
