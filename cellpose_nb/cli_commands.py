@@ -48,7 +48,8 @@ def add_commands(sub):
     tr.add_argument("--crop-size", type=int, default=224, help="side of the training crops")
     tr.add_argument("--learning-rate", type=float, default=None)
     tr.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")
-    tr.add_argument("--diam-mean", type=float, default=30.0, help="model's mean cell diameter (px)")
+    tr.add_argument("--diam-mean", type=float, default=None,
+                    help="model's mean cell diameter in px (default: the pretrained model's, else 30)")
     tr.add_argument("--features", type=int, nargs="+", default=[32, 64, 128, 256])
     tr.add_argument("--channels", nargs=2, default=["0", "none"], metavar=("CYTO", "NUCLEI"))
     tr.add_argument("--invert", action="store_true", help="invert the first channel (dark cells)")
@@ -168,15 +169,15 @@ def _train(args):
     from cellpose_nb import train as T
     from cellpose_nb.model import ModelConfig
 
+    model = _load_model(args.pretrained, args.device) if args.pretrained else None
+    diam_mean = args.diam_mean or (model.config.diam_mean if model is not None else 30.0)
     kw = dict(n_epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size,
-              optimizer=args.optimizer,
-              diam_mean=args.diam_mean, seed=args.seed, device=args.device,
+              optimizer=args.optimizer, diam_mean=diam_mean, seed=args.seed, device=args.device,
               max_minutes=args.max_minutes)
     if args.learning_rate is not None:
         kw["learning_rate"] = args.learning_rate
     config = T.TrainConfig(**kw)
-    model = _load_model(args.pretrained, args.device) if args.pretrained else None
-    model_config = ModelConfig(features=tuple(args.features), diam_mean=args.diam_mean)
+    model_config = ModelConfig(features=tuple(args.features), diam_mean=diam_mean)
     t0 = time.perf_counter()
     result = T.train_folder(args.folder, out_dir=args.out, config=config, model=model,
                             model_config=None if model is not None else model_config,
