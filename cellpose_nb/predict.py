@@ -50,6 +50,8 @@ TAPER_MARGIN = 20.0  # px from a tile edge where the blending weight is 1/2
 TAPER_SIGMA = 7.5  # px, width of the sigmoid fall-off of the blending weight
 CELLPROB_THRESHOLD = 0.0  # defaults when the model has no tuned thresholds
 FLOW_THRESHOLD = 0.4
+# run_net(precision=...) -> autocast dtype; None = plain float32 (exactly Cellpose's numbers)
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # keys read from model.thresholds, first match wins
 THRESHOLD_KEYS = {"cellprob_threshold": ("cellprob_threshold", "cellprob"),
                   "flow_threshold": ("flow_threshold", "flow")}
@@ -265,7 +267,7 @@ def _flip_axes(layout, j, i):
 
 
 def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment=False,
-            batch_size=8, device=None):
+            batch_size=8, device=None, precision="float32"):
     """Run the network on a (C, H, W) input of any size, in blended tiles.
 
     Parameters
@@ -288,6 +290,10 @@ def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
     device : str or torch.device, optional
         None: where the model is.  Another device runs a copy of the model
         (move the model yourself to avoid copying it on every call).
+    precision : {"float32", "bfloat16", "float16"}
+        "bfloat16"/"float16" run the network under ``torch.autocast``: faster
+        on GPUs and on CPUs with bfloat16 units (e.g. Intel AMX), outputs
+        differ from float32 by about 1 %.  Outputs are float32 either way.
 
     Returns
     -------
@@ -314,6 +320,9 @@ def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if not 0 <= tile_overlap < 1:
         raise ValueError(f"tile_overlap must be a fraction in [0, 1); got {tile_overlap}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
+    amp = PRECISIONS[precision]
     multiple = PAD_MULTIPLE
     config = getattr(model, "config", None)
     if config is not None:
@@ -329,7 +338,8 @@ def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
     style_sum = None
     net, device = _on_device(model, device)
     dtype = _model_dtype(net)
-    with _evaluating(net), torch.inference_mode():
+    with _evaluating(net), torch.inference_mode(), torch.autocast(
+            device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         for start in range(0, len(tiles), int(batch_size)):
             chunk = tiles[start:start + int(batch_size)]
             batch = np.empty((len(chunk), x.shape[0], *layout.tile), np.float32)
@@ -407,7 +417,7 @@ def _resize(a, shape):
 def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=None,
             invert=False, normalize=True, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP,
             augment=False, cellprob_threshold=None, flow_threshold=None, min_size=15,
-            n_iter=N_ITER, batch_size=8, device=None):
+            n_iter=N_ITER, batch_size=8, device=None, precision="float32"):
     """Segment an image (or a list of images) with a trained model.
 
     Parameters
@@ -423,7 +433,7 @@ def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=Non
         available, else the model's ``diam_mean`` (no rescaling) with a warning.
     channels, channel_axis, invert, normalize
         Passed to ``to_network_input``.
-    tile_size, tile_overlap, augment, batch_size, device
+    tile_size, tile_overlap, augment, batch_size, device, precision
         See :func:`run_net`.
     cellprob_threshold, flow_threshold : float, optional
         None: the model's tuned ``thresholds`` if it has them, else 0.0 and 0.4.
@@ -447,7 +457,8 @@ def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=Non
                  invert=invert, normalize=normalize, tile_size=tile_size,
                  tile_overlap=tile_overlap, augment=augment,
                  cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
-                 min_size=min_size, n_iter=n_iter, batch_size=batch_size, device=device)
+                 min_size=min_size, n_iter=n_iter, batch_size=batch_size, device=device,
+                 precision=precision)
     if isinstance(image, list):
         return [segment(im, model, **knobs) for im in image]
     x = to_network_input(image, channels=channels, channel_axis=channel_axis,
@@ -459,7 +470,7 @@ def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=Non
         scaled = tuple(max(1, int(n * scale)) for n in shape)  # int(): as Cellpose
         x = _resize(x, scaled)
     net = run_net(model, x, tile_size=tile_size, tile_overlap=tile_overlap, augment=augment,
-                  batch_size=batch_size, device=device)
+                  batch_size=batch_size, device=device, precision=precision)
     del x
     y = net.y if scale == 1.0 else _resize(net.y, shape)
     flows, cellprob = y[:2], y[2]

@@ -128,9 +128,16 @@ def test_diameter_none_without_size_model_warns_and_uses_diam_mean(net, monkeypa
     assert res.diameter == DIAM
 
 
+def test_diameter_none_with_a_model_without_size_model_warns(net):
+    pytest.importorskip("cellpose_nb.train")  # the real estimate_diameter raises ValueError
+    with pytest.warns(UserWarning, match="size model"):
+        res = P.segment(_smooth((40, 40)), net)
+    assert res.diameter == DIAM
+
+
 def test_diameter_none_uses_estimate_diameter_when_available(net, monkeypatch):
     fake = types.ModuleType("cellpose_nb.train")
-    fake.estimate_diameter = lambda model, x: 24.0
+    fake.estimate_diameter = lambda model, x: types.SimpleNamespace(diameter=24.0)
     monkeypatch.setitem(sys.modules, "cellpose_nb.train", fake)
     res = P.segment(_smooth((40, 40)), net)
     assert res.diameter == 24.0 and res.labels.shape == (40, 40)
@@ -192,6 +199,15 @@ def test_augment_shapes_and_flip_equivariance(net):
     np.testing.assert_allclose(flipped, expect, atol=1e-5)
     res = P.segment(_smooth((70, 90)), net, diameter=DIAM, tile_size=32, augment=True)
     _check(res, (70, 90))
+
+
+def test_bfloat16_precision_is_close_to_float32():
+    net = _tiny_model(features=(8, 16, 32))
+    x = _smooth((2, 64, 80))
+    y32 = P.run_net(net, x).y
+    y16 = P.run_net(net, x, precision="bfloat16")
+    assert y16.y.dtype == np.float32 and y16.style.dtype == np.float32
+    assert np.abs(y16.y - y32).max() < 0.05 * np.abs(y32).max()
 
 
 # --- the whole pipeline with an oracle network ------------------------------------------
@@ -258,6 +274,7 @@ def test_oracle_network_gives_back_the_labels(oracle_case, augment):
     (np.zeros((20, 20)), {"tile_size": 40}, "tile_size"),
     (np.zeros((20, 20)), {"batch_size": 0}, "batch_size"),
     (np.zeros((20, 20)), {"tile_overlap": 1.5}, "tile_overlap"),
+    (np.zeros((20, 20)), {"precision": "int8"}, "precision"),
 ])
 def test_clear_errors(net, image, knobs, match):
     knobs = {"diameter": DIAM, **knobs}
