@@ -338,8 +338,8 @@ def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
     style_sum = None
     net, device = _on_device(model, device)
     dtype = _model_dtype(net)
-    with _evaluating(net), torch.inference_mode(), torch.autocast(
-            device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+    autocast = contextlib.nullcontext() if amp is None else torch.autocast(device.type, amp)
+    with _evaluating(net), torch.inference_mode(), autocast:
         for start in range(0, len(tiles), int(batch_size)):
             chunk = tiles[start:start + int(batch_size)]
             batch = np.empty((len(chunk), x.shape[0], *layout.tile), np.float32)
