@@ -417,7 +417,7 @@ def _resize(a, shape):
 def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=None,
             invert=False, normalize=True, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP,
             augment=False, cellprob_threshold=None, flow_threshold=None, min_size=15,
-            n_iter=N_ITER, batch_size=8, device=None, precision="float32"):
+            n_iter=None, batch_size=8, device=None, precision="float32"):
     """Segment an image (or a list of images) with a trained model.
 
     Parameters
@@ -438,7 +438,10 @@ def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=Non
     cellprob_threshold, flow_threshold : float, optional
         None: the model's tuned ``thresholds`` if it has them, else 0.0 and 0.4.
     min_size, n_iter
-        See :func:`~cellpose_nb.masks.compute_masks`.
+        See :func:`~cellpose_nb.masks.compute_masks`.  ``n_iter=None`` follows the
+        flows ``200 * diameter / diam_mean`` steps, as Cellpose's ``eval`` does:
+        the masks are computed at the original size, where cells are that much
+        larger (or smaller) than the model's.
 
     Returns
     -------
@@ -476,6 +479,8 @@ def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=Non
     flows, cellprob = y[:2], y[2]
     flows /= FLOW_SCALE
     th = _thresholds(model, cellprob_threshold, flow_threshold)
+    if n_iter is None:
+        n_iter = int(N_ITER / scale)  # int(): as Cellpose's np.uint32(200 / rescale)
     labels = compute_masks(flows, cellprob, **th, n_iter=n_iter, min_size=min_size)
     return Segmentation(labels=labels, flows=flows, cellprob=cellprob, style=net.style,
                         diameter=diameter)

@@ -1,0 +1,45 @@
+"""Copy a trained model folder into the package as a shipped model (float16 weights).
+
+    python scripts/ship_model.py runs/nuclei/model nuclei [--overwrite]
+
+Writes ``cellpose_nb/pretrained/<name>/``: ``weights.safetensors`` (float16),
+``config.json``, ``training.json`` (the full training record), and
+``thresholds.json`` / ``size_model.json`` when the run has them, plus the
+run's ``report.json`` (validation AP per modality) when present.
+"""
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from cellpose_nb.model import PRETRAINED_DIR, load, save
+
+EXTRA_FILES = ("size_model.json",)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", type=Path, help="a folder written by cellpose_nb.model.save")
+    p.add_argument("name", help="name for load_pretrained(name)")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    model = load(args.model_dir, device="cpu")
+    out = Path(PRETRAINED_DIR) / args.name
+    save(model, out, training_record=model.training_record, thresholds=model.thresholds,
+         overwrite=args.overwrite, dtype=torch.float16)
+    for name in EXTRA_FILES:
+        if (args.model_dir / name).is_file():
+            shutil.copy2(args.model_dir / name, out / name)
+    report = args.model_dir.parent / "report.json"
+    if report.is_file():
+        shutil.copy2(report, out / "report.json")
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    print(f"shipped {args.model_dir} as {out} ({size:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
