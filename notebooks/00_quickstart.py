@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 00 · Quickstart: nuclei in a few cells
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/00_quickstart.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # Before the course takes Cellpose apart (notebooks 01-05), this notebook
 # uses it: it segments a fluorescence image of nuclei with the model shipped
 # with the package, looks at what came out (masks, flows, cell probability, a

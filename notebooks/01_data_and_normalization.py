@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 01 · Data and normalisation
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/01_data_and_normalization.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # Before any network sees a pixel, Cellpose fixes two conventions: how the
 # answer is written down (a **label image**) and how the question is asked
 # (a **percentile-normalised, two-channel image**). This notebook builds both by

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 02 · Flows: from labels to a vector field
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/02_flows.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # A network cannot output "object 17" directly: numbers of objects change from
 # image to image and their order means nothing. Cellpose's trick is to ask
 # instead, at every pixel, **which way is the centre of my cell?** The answer

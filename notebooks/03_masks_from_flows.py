@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 03 · Masks from flows
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/03_masks_from_flows.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # Notebook 02 turned labels into flows. This one goes back: given flows (and a
 # cell probability), recover one mask per cell. The idea is physical: drop a
 # particle on every cell pixel, let the flows carry it, and see where it ends.

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 04 · The network: Cellpose's residual U-Net
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/04_model.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # Notebooks 02 and 03 showed what the network must predict (two flow maps and
 # a cell probability) and how masks come out of them. This notebook builds the
 # network itself, the residual U-Net of Cellpose 1.0, block by block in plain

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 05 · Training
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/05_training.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # Notebook 04 built the network; here it learns. Training Cellpose is
 # ordinary supervised learning with a few particular choices: the targets are
 # the flows and the cell mask (notebooks 02 and 01), the loss mixes a squared

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 06 · Evaluation: how good are the masks?
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/06_evaluation.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # A segmentation is only as useful as the trust we can put in it. This
 # notebook measures it the way Cellpose (and the 2018 Data Science Bowl) do:
 # predicted and annotated objects are paired one to one by their overlap, and

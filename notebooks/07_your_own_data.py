@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 07 · Your own data
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/cellpose_nb/blob/main/notebooks/07_your_own_data.ipynb) (replace OWNER with the repository's owner once it is published)
+#
 # The worked path from a folder of your own images to exported results:
 # read the folder, pick the channel and the nucleus size, segment, check the
 # result against the few images you annotated, fine-tune the shipped model
