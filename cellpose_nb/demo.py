@@ -56,7 +56,8 @@ def run_demo(out_dir, *, seed=0, size=256, n_cells=30, overwrite=False):
 
     out_dir = Path(out_dir)
     figure, labels_path = out_dir / "demo.png", out_dir / "demo_labels.tif"
-    _check_free([figure, labels_path], overwrite)
+    model_figure = out_dir / "demo_model.png"
+    _check_free([figure, labels_path, model_figure], overwrite)
     sample = make_synthetic((size, size), n_cells=n_cells, diameter=30.0, kind="cyto", seed=seed)
     flows = masks_to_flows(sample.labels)
     cellprob = np.where(sample.labels > 0, 5.0, -5.0).astype(np.float32)
@@ -65,17 +66,51 @@ def run_demo(out_dir, *, seed=0, size=256, n_cells=30, overwrite=False):
     out_dir.mkdir(parents=True, exist_ok=True)
     write_labels(labels_path, pred, overwrite=overwrite)
     _save_figure(figure, sample.image, flows, pred)
+    paths, lines = [figure, labels_path], []
+    if _segment_sample(model_figure, lines):
+        paths.append(model_figure)
     return DemoResult(
         n_true=int(sample.labels.max()),
         n_pred=int(pred.max()),
         thresholds=THRESHOLDS,
         ap=ap,
-        paths=[figure, labels_path],
-        extra_lines=[],
+        paths=paths,
+        extra_lines=lines,
     )
 
 
-def _save_figure(path, image, flows, labels):
+def _segment_sample(path, lines):
+    """Segment the bundled fluorescence sample with the shipped nuclei model, if present."""
+    try:
+        from cellpose_nb.model import load_pretrained
+        from cellpose_nb.predict import segment
+    except ImportError as exc:  # torch layer missing
+        lines.append(f"(shipped model skipped: {exc})")
+        return False
+    from cellpose_nb.data import load_sample
+    from cellpose_nb.metrics import average_precision
+
+    try:
+        model = load_pretrained("nuclei")
+    except FileNotFoundError as exc:
+        lines.append(f"(shipped model skipped: {exc})")
+        return False
+    sample = load_sample("fluorescence")
+    res = segment(sample.image, model)
+    ap = average_precision([sample.labels], [res.labels], thresholds=THRESHOLDS)[0]
+    lines.append(f"shipped nuclei model on the bundled sample {sample.name} "
+                 f"(diameter {res.diameter:.1f} px): {int(res.labels.max())} nuclei, "
+                 f"{int(sample.labels.max())} annotated")
+    lines += [f"  AP@{th:.2f} = {a:.3f}" for th, a in zip(THRESHOLDS, ap)]
+    lines.append("  (this image is in the model's training set: a sanity check, not a score)")
+    _save_figure(path, sample.image, res.flows, res.labels,
+                 titles=("bundled sample (DSB2018, CC0)", "predicted flows",
+                         f"shipped nuclei model: {res.labels.max()} nuclei"))
+    return True
+
+
+def _save_figure(path, image, flows, labels, *, titles=None):
+    """Three panels (image, flows as colour, masks overlay) written atomically to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -83,14 +118,14 @@ def _save_figure(path, image, flows, labels):
 
     from cellpose_nb import plot
 
+    titles = titles or ("synthetic cells (cytoplasm, nuclei)", "flows: angle -> hue",
+                        f"masks from flows: {labels.max()} cells")
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
     plot.show_image(image, ax=axes[0])
-    axes[0].set_title("synthetic cells (cytoplasm, nuclei)")
     plot.show_flows(flows, ax=axes[1])
-    axes[1].set_title("flows: angle -> hue")
     plot.overlay_labels(image, labels, ax=axes[2])
-    axes[2].set_title(f"masks from flows: {labels.max()} cells")
-    for ax in axes:
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
         ax.set_axis_off()
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
