@@ -135,6 +135,8 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="refuse to resume an existing run")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this model folder (continued training) instead of new weights")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
@@ -165,7 +167,12 @@ def main(argv=None):
     if resume and args.fresh:
         sys.exit(f"{args.out / T.CHECKPOINT_FILE} exists and --fresh was given")
     torch.manual_seed(args.seed)
-    net = CellposeUNet(ModelConfig(features=tuple(args.features), diam_mean=DIAM_MEAN))
+    if args.init is not None:
+        from cellpose_nb.model import load as load_model
+
+        net = load_model(args.init, device="cpu")
+    else:
+        net = CellposeUNet(ModelConfig(features=tuple(args.features), diam_mean=DIAM_MEAN))
     result = T.train(net, pick(train_idx, images), pick(train_idx, labels), config=config,
                      val_images=pick(val_idx, images), val_labels=pick(val_idx, labels),
                      out_dir=args.out, resume=resume, progress=not args.quiet,
