@@ -91,21 +91,29 @@ def _check_flows(flows, shape=None):
 
 # ----------------------------------------------------------------------------- dynamics
 @numba.njit(cache=True, nogil=True, inline="always")
+def _corners(ly, lx, y, x):
+    """Bilinear interpolation at (y, x) in an (ly, lx) grid, clamped as Cellpose does.
+
+    Returns the corner indices ``y0, x0, y1, x1`` and the fractional weights ``wy, wx``.
+    """
+    y0 = min(ly - 1, max(0, np.int32(y)))
+    x0 = min(lx - 1, max(0, np.int32(x)))
+    y1 = min(ly - 1, y0 + 1)
+    x1 = min(lx - 1, x0 + 1)
+    wy = y - np.float32(np.int32(y))
+    wx = x - np.float32(np.int32(x))
+    return y0, x0, y1, x1, wy, wx
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _interp(flows, y, x):
     """Bilinear interpolation of both flow components at (y, x), clamped to the image.
 
     ``flows`` is (H, W, 2) here (components last, so that the four corners of
     both components sit in two cache lines); float32 throughout.
     """
-    ly = flows.shape[0]
-    lx = flows.shape[1]
-    y0 = min(ly - 1, max(0, np.int32(y)))
-    x0 = min(lx - 1, max(0, np.int32(x)))
-    y1 = min(ly - 1, y0 + 1)
-    x1 = min(lx - 1, x0 + 1)
+    y0, x0, y1, x1, wy, wx = _corners(flows.shape[0], flows.shape[1], y, x)
     one = np.float32(1.0)
-    wy = y - np.float32(np.int32(y))
-    wx = x - np.float32(np.int32(x))
     w00 = (one - wy) * (one - wx)
     w01 = (one - wy) * wx
     w10 = wy * (one - wx)

@@ -45,6 +45,7 @@ from cellpose_nb.masks import (
     fill_holes_and_remove_small_masks,
     flow_errors,
     follow_flows,
+    _corners,  # the library's bilinear corners and weights
     _interp,  # the library's bilinear step, so that follow_with_min takes the same path
     renumber,
     trace_points,
@@ -494,14 +495,7 @@ def explore_flows(image, **kwargs):
 @numba.njit(cache=True, nogil=True, inline="always")
 def _support_min(prob, y, x):
     """Lowest ``prob`` among the pixels that bilinear interpolation at (y, x) weighs."""
-    ly = prob.shape[0]
-    lx = prob.shape[1]
-    y0 = min(ly - 1, max(0, np.int32(y)))
-    x0 = min(lx - 1, max(0, np.int32(x)))
-    y1 = min(ly - 1, y0 + 1)
-    x1 = min(lx - 1, x0 + 1)
-    wy = y - np.float32(np.int32(y))
-    wx = x - np.float32(np.int32(x))
+    y0, x0, y1, x1, wy, wx = _corners(prob.shape[0], prob.shape[1], y, x)
     m = prob[y0, x0]
     if wx != 0:
         m = min(m, prob[y0, x1])
