@@ -137,15 +137,22 @@ def _segment(args):
     from tqdm import tqdm
 
     from cellpose_nb.data import read_image
-    from cellpose_nb.export import export_all
+    from cellpose_nb.export import SUFFIXES, export_all
     from cellpose_nb.predict import segment
 
     files = collect_images(args.inputs)
     model = _load_model(args.model, args.device)
     channels = parse_channels(args.channels)
     args.out.mkdir(parents=True, exist_ok=True)
-    failed = []
+    failed, skipped = [], []
     for f in tqdm(files, desc="segment", unit="image"):
+        targets = [args.out / f"{_name_of(f)}{SUFFIXES[fmt]}" for fmt in args.formats
+                   if fmt in SUFFIXES]
+        if not args.overwrite and targets and all(t.exists() for t in targets):
+            # done by an earlier (perhaps interrupted) run: skip, so a re-run resumes
+            skipped.append(f)
+            tqdm.write(f"{f.name}: outputs exist, skipped (--overwrite to redo)")
+            continue
         try:
             image = read_image(f)
             res = segment(image, model, diameter=args.diameter, channels=channels,
@@ -160,7 +167,10 @@ def _segment(args):
         except Exception as exc:  # report, skip, keep going
             failed.append(f)
             tqdm.write(f"{f.name}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-    print(f"{len(files) - len(failed)} of {len(files)} images segmented into {args.out}")
+    done = len(files) - len(failed) - len(skipped)
+    print(f"{done} of {len(files)} images segmented into {args.out}"
+          + (f", {len(skipped)} skipped (already done)" if skipped else "")
+          + (f", {len(failed)} failed" if failed else ""))
     return 1 if failed else 0
 
 

@@ -57,3 +57,36 @@ def test_parse_channels_errors():
 
     with pytest.raises(ValueError, match="channel"):
         parse_channels(["cyto", "none"])
+
+
+def test_segment_reports_bad_files_skips_done_ones_and_never_overwrites(tmp_path, capsys):
+    import torch
+
+    from cellpose_nb.model import CellposeUNet, ModelConfig, save
+
+    torch.manual_seed(0)
+    model_dir = save(CellposeUNet(ModelConfig(features=(8, 16), diam_mean=20.0)), tmp_path / "m")
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", make_synthetic((64, 64), n_cells=4, diameter=20, kind="nuclei",
+                                                   seed=0).image.astype(np.float32))
+    (src / "bad.tif").write_bytes(b"not a tiff at all")
+    out = tmp_path / "out"
+    argv = ["segment", str(src), "--out", str(out), "--model", str(model_dir), "--diameter", "20"]
+    assert main(argv) == 1  # bad.tif failed, a.tif written
+    err = capsys.readouterr().err
+    assert "bad.tif: FAILED: ValueError" in err and "not a TIFF" in err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a_cells.csv", "a_masks.tif", "a_outlines.png", "a_rois.zip", "a_seg.npy"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (src / "bad.tif").unlink()
+    assert main(argv) == 0  # a re-run skips what is done
+    assert "skipped" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # a partial set of outputs is never overwritten without --overwrite
+    (out / "a_rois.zip").unlink()
+    assert main(argv) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == {
+        k: v for k, v in before.items() if k != "a_rois.zip"}
+    assert main(argv + ["--overwrite"]) == 0
+    assert (out / "a_rois.zip").exists()
