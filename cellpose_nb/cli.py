@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellpose_nb import cli_commands
+
 __all__ = ["main", "build_parser"]
 
 
@@ -59,17 +61,10 @@ def build_parser():
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     demo.set_defaults(func=_demo)
 
-    _add_more_commands(sub)
-    return parser
-
-
-def _add_more_commands(sub):
-    """Commands that need the torch layer (segment, train, evaluate)."""
-    try:
-        from cellpose_nb import cli_commands
-    except ImportError:  # pragma: no cover - torch layer not available
-        return
+    # segment / train / evaluate: their module imports torch only when a command runs,
+    # so `cellpose-nb demo` starts without it
     cli_commands.add_commands(sub)
+    return parser
 
 
 def main(argv=None):
