@@ -15,6 +15,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MASK_MARKERS = ("_masks", "_cp_masks", "_seg", "_outlines", "_flows")
+INVERT_CHOICES = ("yes", "no", "auto")
 
 
 def add_commands(sub):
@@ -26,10 +27,13 @@ def add_commands(sub):
                      help="'nuclei' (shipped), a model folder, or cellpose:NAME (cyto3, nuclei, ...)")
     seg.add_argument("--diameter", type=float, default=None,
                      help="cell diameter in pixels (default: estimated, else the model's)")
-    seg.add_argument("--channels", nargs=2, default=["0", "none"], metavar=("CYTO", "NUCLEI"),
+    seg.add_argument("--channels", nargs=2, default=None, metavar=("CYTO", "NUCLEI"),
                      help="channel index of the cytoplasm (or only) channel and of the nuclei; "
-                          "'none' for no nuclear channel, 'gray' for RGB luminance")
-    seg.add_argument("--invert", action="store_true", help="invert the first channel (histology)")
+                          "'none' for no nuclear channel, 'gray' for RGB luminance "
+                          "(default: as the model was trained, else 0 none)")
+    seg.add_argument("--invert", nargs="?", const="yes", default=None, choices=INVERT_CHOICES,
+                     help="invert the first channel (dark objects on a light background); "
+                          "'auto' guesses per image (default: as the model was trained, else no)")
     seg.add_argument("--cellprob-threshold", type=float, default=None)
     seg.add_argument("--flow-threshold", type=float, default=None)
     seg.add_argument("--augment", action="store_true", help="test-time flips")
@@ -51,8 +55,26 @@ def add_commands(sub):
     tr.add_argument("--diam-mean", type=float, default=None,
                     help="model's mean cell diameter in px (default: the pretrained model's, else 30)")
     tr.add_argument("--features", type=int, nargs="+", default=[32, 64, 128, 256])
-    tr.add_argument("--channels", nargs=2, default=["0", "none"], metavar=("CYTO", "NUCLEI"))
-    tr.add_argument("--invert", action="store_true", help="invert the first channel (dark cells)")
+    tr.add_argument("--channels", nargs=2, default=None, metavar=("CYTO", "NUCLEI"),
+                    help="as for segment; saved with the model (default: the --pretrained "
+                         "model's, else 0 none)")
+    tr.add_argument("--invert", nargs="?", const="yes", default=None, choices=INVERT_CHOICES,
+                    help="invert the first channel (dark cells); 'auto' guesses per image "
+                         "(default: the --pretrained model's, else no)")
+    tr.add_argument("--val-list", type=Path, default=None,
+                    help="text file of validation image names, one per line "
+                         "(default: a random --val-fraction)")
+    tr.add_argument("--images-per-epoch", type=int, default=None,
+                    help="crops per epoch (default: every training image once)")
+    tr.add_argument("--warmup", type=int, default=None, help="warm-up epochs (default 10)")
+    tr.add_argument("--decay", type=int, default=None,
+                    help="epochs of learning-rate halvings at the end (default: Cellpose's rule)")
+    tr.add_argument("--val-every", type=int, default=10, help="validate every N epochs")
+    tr.add_argument("--size-passes", type=int, default=None,
+                    help="random crops per training image for the size model (default 10)")
+    tr.add_argument("--size-crop", type=int, default=None,
+                    help="side of those crops (default 512, Cellpose's)")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--max-minutes", type=float, default=None,
                     help="time budget; stops resumably (exit code 3), continue with --resume")
     tr.add_argument("--val-fraction", type=float, default=0.1)
@@ -72,6 +94,17 @@ def add_commands(sub):
 
 
 # ----------------------------------------------------------------------------- helpers
+def parse_invert(value):
+    """``--invert`` value -> ``segment``'s ``invert``.
+
+    Examples
+    --------
+    >>> [parse_invert(v) for v in (None, "yes", "no", "auto")]
+    [None, True, False, 'auto']
+    """
+    return {None: None, "yes": True, "no": False, "auto": "auto"}[value]
+
+
 def parse_channels(pair):
     """``["0", "none"]`` -> ``(0, None)``; ``"gray"`` stays a string.
 
@@ -142,7 +175,7 @@ def _segment(args):
 
     files = collect_images(args.inputs)
     model = _load_model(args.model, args.device)
-    channels = parse_channels(args.channels)
+    channels = None if args.channels is None else parse_channels(args.channels)
     args.out.mkdir(parents=True, exist_ok=True)
     failed, skipped = [], []
     for f in tqdm(files, desc="segment", unit="image"):
@@ -156,7 +189,8 @@ def _segment(args):
         try:
             image = read_image(f)
             res = segment(image, model, diameter=args.diameter, channels=channels,
-                          invert=args.invert, cellprob_threshold=args.cellprob_threshold,
+                          invert=parse_invert(args.invert),
+                          cellprob_threshold=args.cellprob_threshold,
                           flow_threshold=args.flow_threshold, augment=args.augment,
                           tile_size=args.tile_size, device=args.device)
             paths = export_all(args.out, _name_of(f), image, res, overwrite=args.overwrite,
@@ -178,22 +212,34 @@ def _segment(args):
 def _train(args):
     from cellpose_nb import train as T
     from cellpose_nb.model import ModelConfig
+    from cellpose_nb.predict import input_knobs
 
     model = _load_model(args.pretrained, args.device) if args.pretrained else None
     diam_mean = args.diam_mean or (model.config.diam_mean if model is not None else 30.0)
     kw = dict(n_epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size,
               optimizer=args.optimizer, diam_mean=diam_mean, seed=args.seed, device=args.device,
-              max_minutes=args.max_minutes)
-    if args.learning_rate is not None:
-        kw["learning_rate"] = args.learning_rate
+              max_minutes=args.max_minutes, n_images_per_epoch=args.images_per_epoch,
+              val_every=args.val_every, num_threads=args.threads)
+    optional = {"learning_rate": args.learning_rate, "warmup_epochs": args.warmup,
+                "decay_epochs": args.decay}
+    kw.update({k: v for k, v in optional.items() if v is not None})
     config = T.TrainConfig(**kw)
     model_config = ModelConfig(features=tuple(args.features), diam_mean=diam_mean)
+    channels, invert = input_knobs(model, None if args.channels is None
+                                   else parse_channels(args.channels), parse_invert(args.invert))
+    val_names = None
+    if args.val_list is not None:
+        if not args.val_list.is_file():
+            raise FileNotFoundError(f"--val-list {args.val_list} does not exist")
+        val_names = args.val_list.read_text().split()
+    extra = {k: v for k, v in (("size_passes", args.size_passes), ("size_crop", args.size_crop))
+             if v is not None}
     t0 = time.perf_counter()
     result = T.train_folder(args.folder, out_dir=args.out, config=config, model=model,
                             model_config=None if model is not None else model_config,
-                            channels=parse_channels(args.channels), invert=args.invert,
-                            val_fraction=args.val_fraction, seed=args.seed, resume=args.resume,
-                            command=["cellpose-nb"] + sys.argv[1:])
+                            channels=channels, invert=invert, val_fraction=args.val_fraction,
+                            val_names=val_names, seed=args.seed, resume=args.resume,
+                            command=["cellpose-nb"] + sys.argv[1:], **extra)
     if not result.completed:
         print(f"stopped by the time budget after {len(result.history)} epochs; "
               f"run again with --resume to continue ({result.out_dir})")

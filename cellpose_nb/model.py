@@ -78,6 +78,7 @@ TORCH_WEIGHTS_FILES = ("weights.pt", "weights.pth")  # also read by load(), neve
 CONFIG_FILE = "config.json"
 TRAINING_FILE = "training.json"
 THRESHOLDS_FILE = "thresholds.json"
+INPUT_FILE = "input.json"  # how images become network input: {"channels": [...], "invert": ...}
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"  # package data: pretrained/<name>/
 
 CELLPOSE_MODEL_URL = "https://www.cellpose.org/models"  # as cellpose.models._MODEL_URL
@@ -290,6 +291,10 @@ class CellposeUNet(nn.Module):
         Tuned post-processing thresholds read by :func:`load`.
     training_record : dict or None
         Training history read by :func:`load`.
+    input_recipe : dict or None
+        How images were turned into network input for training, e.g.
+        ``{"channels": ["gray", None], "invert": "auto"}``: the defaults of
+        :func:`cellpose_nb.predict.segment` for this model.
 
     Examples
     --------
@@ -307,6 +312,7 @@ class CellposeUNet(nn.Module):
         self.diam_labels = config.diam_mean
         self.thresholds = None
         self.training_record = None
+        self.input_recipe = None
         k, feats = config.kernel_size, config.features
         widths_in = (config.n_channels, *feats)  # CPnet's nbase
         self.encoder = nn.ModuleList(
@@ -628,7 +634,7 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, training_record=None
          thresholds: Mapping[str, float] | None = None, overwrite: bool = False,
          dtype: torch.dtype | str | None = None) -> Path:
     """Write ``model`` to a folder: weights.safetensors, config.json, [training.json,
-    thresholds.json].
+    thresholds.json, input.json (``model.input_recipe``)].
 
     Parameters
     ----------
@@ -666,7 +672,8 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, training_record=None
     if dtype is not None and not (isinstance(storage, torch.dtype) and storage.is_floating_point):
         raise ValueError(f"dtype must be a floating torch dtype such as torch.float16, "
                          f"got {dtype!r}")
-    extras = {TRAINING_FILE: training_record, THRESHOLDS_FILE: thresholds}
+    extras = {TRAINING_FILE: training_record, THRESHOLDS_FILE: thresholds,
+              INPUT_FILE: getattr(model, "input_recipe", None)}
     targets = [WEIGHTS_FILE, CONFIG_FILE] + [f for f, v in extras.items() if v is not None]
     if not overwrite:
         for name in targets:
@@ -700,7 +707,8 @@ def load(folder: str | os.PathLike, *, device: str | torch.device | None = None)
     Returns
     -------
     CellposeUNet
-        With ``thresholds`` and ``training_record`` set (None when absent).
+        With ``thresholds``, ``training_record`` and ``input_recipe`` set (None
+        when absent).
 
     Raises
     ------
@@ -731,7 +739,8 @@ def load(folder: str | os.PathLike, *, device: str | torch.device | None = None)
     model = CellposeUNet(config)
     _load_checked(model, _read_weights(weights), weights)
     model.diam_labels = float(meta.get("diam_labels", config.diam_mean))
-    for attribute, name in (("training_record", TRAINING_FILE), ("thresholds", THRESHOLDS_FILE)):
+    for attribute, name in (("training_record", TRAINING_FILE), ("thresholds", THRESHOLDS_FILE),
+                            ("input_recipe", INPUT_FILE)):
         path = folder / name
         setattr(model, attribute, _read_json(path) if path.is_file() else None)
     return model.to(resolve_device(device)).eval()

@@ -38,7 +38,8 @@ from cellpose_nb.model import resolve_device
 from cellpose_nb.normalize import to_network_input
 
 __all__ = ["Segmentation", "NetOutput", "TileLayout", "segment", "segment_many", "run_net",
-           "tile_layout", "taper_mask"]
+           "tile_layout", "taper_mask", "input_knobs", "predict_flows", "n_iter_for",
+           "FlowPrediction"]
 
 # --- constants, each named once (Cellpose's values) ------------------------------------
 TILE_SIZE = 224  # tile side in pixels (Cellpose's bsize)
@@ -50,6 +51,7 @@ TAPER_MARGIN = 20.0  # px from a tile edge where the blending weight is 1/2
 TAPER_SIGMA = 7.5  # px, width of the sigmoid fall-off of the blending weight
 CELLPROB_THRESHOLD = 0.0  # defaults when the model has no tuned thresholds
 FLOW_THRESHOLD = 0.4
+DEFAULT_CHANNELS = (0, None)  # network input of a model without an input recipe
 # run_net(precision=...) -> autocast dtype; None = plain float32 (exactly Cellpose's numbers)
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # keys read from model.thresholds, first match wins
@@ -86,6 +88,15 @@ class NetOutput(NamedTuple):
     (FLOW_SCALE * d_row, FLOW_SCALE * d_col, cellprob logit) and ``style`` (n_style,)."""
 
     y: np.ndarray
+    style: np.ndarray
+
+
+class FlowPrediction(NamedTuple):
+    """Result of :func:`predict_flows`: ``flows`` (2, H, W) at unit scale,
+    ``cellprob`` (H, W) logits and ``style`` (n_style,), at the input's size."""
+
+    flows: np.ndarray
+    cellprob: np.ndarray
     style: np.ndarray
 
 
@@ -414,8 +425,33 @@ def _resize(a, shape):
 
 
 # --- segmentation -----------------------------------------------------------------------
-def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=None,
-            invert=False, normalize=True, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP,
+def input_knobs(model, channels=None, invert=None):
+    """``channels`` and ``invert`` for :func:`segment`: the caller's, else the model's recipe.
+
+    A model trained by :func:`cellpose_nb.train.train_folder` remembers how its
+    training images became network input (``model.input_recipe``, saved as
+    ``input.json``); without one the defaults are ``(0, None)`` and ``False``.
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> net = CellposeUNet(ModelConfig(features=(4, 8)))
+    >>> input_knobs(net)
+    ((0, None), False)
+    >>> net.input_recipe = {"channels": ["gray", None], "invert": "auto"}
+    >>> input_knobs(net), input_knobs(net, channels=(1, 0), invert=False)
+    ((('gray', None), 'auto'), ((1, 0), False))
+    """
+    recipe = getattr(model, "input_recipe", None) or {}
+    if channels is None:
+        channels = tuple(recipe.get("channels", DEFAULT_CHANNELS))
+    if invert is None:
+        invert = recipe.get("invert", False)
+    return tuple(channels), invert
+
+
+def segment(image, model, *, diameter=None, channels=None, channel_axis=None,
+            invert=None, normalize=True, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP,
             augment=False, cellprob_threshold=None, flow_threshold=None, min_size=15,
             n_iter=None, batch_size=8, device=None, precision="float32"):
     """Segment an image (or a list of images) with a trained model.
@@ -432,7 +468,11 @@ def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=Non
         None: estimated by ``cellpose_nb.train.estimate_diameter`` when that is
         available, else the model's ``diam_mean`` (no rescaling) with a warning.
     channels, channel_axis, invert, normalize
-        Passed to ``to_network_input``.
+        Passed to ``to_network_input``.  ``channels=None`` and ``invert=None``
+        take the model's ``input_recipe`` (see :func:`input_knobs`), e.g. the
+        shipped nuclei model's ``("gray", None)`` and ``"auto"``: colour images
+        are turned to gray and images with dark nuclei on a light background
+        (histology, brightfield) inverted; ``(0, None)`` and ``False`` without one.
     tile_size, tile_overlap, augment, batch_size, device, precision
         See :func:`run_net`.
     cellprob_threshold, flow_threshold : float, optional
@@ -464,26 +504,81 @@ def segment(image, model, *, diameter=None, channels=(0, None), channel_axis=Non
                  precision=precision)
     if isinstance(image, list):
         return [segment(im, model, **knobs) for im in image]
+    channels, invert = input_knobs(model, channels, invert)
     x = to_network_input(image, channels=channels, channel_axis=channel_axis,
                          normalize=normalize, invert=invert)
     diameter = _resolve_diameter(model, x, diameter)
-    shape = x.shape[1:]
     scale = float(model.config.diam_mean) / diameter
-    if scale != 1.0:
-        scaled = tuple(max(1, int(n * scale)) for n in shape)  # int(): as Cellpose
-        x = _resize(x, scaled)
-    net = run_net(model, x, tile_size=tile_size, tile_overlap=tile_overlap, augment=augment,
-                  batch_size=batch_size, device=device, precision=precision)
+    pred = predict_flows(model, x, scale=scale, tile_size=tile_size, tile_overlap=tile_overlap,
+                         augment=augment, batch_size=batch_size, device=device,
+                         precision=precision)
     del x
-    y = net.y if scale == 1.0 else _resize(net.y, shape)
-    flows, cellprob = y[:2], y[2]
-    flows /= FLOW_SCALE
     th = _thresholds(model, cellprob_threshold, flow_threshold)
     if n_iter is None:
-        n_iter = int(N_ITER / scale)  # int(): as Cellpose's np.uint32(200 / rescale)
-    labels = compute_masks(flows, cellprob, **th, n_iter=n_iter, min_size=min_size)
-    return Segmentation(labels=labels, flows=flows, cellprob=cellprob, style=net.style,
-                        diameter=diameter)
+        n_iter = n_iter_for(scale)
+    labels = compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter, min_size=min_size)
+    return Segmentation(labels=labels, flows=pred.flows, cellprob=pred.cellprob,
+                        style=pred.style, diameter=diameter)
+
+
+def n_iter_for(scale):
+    """Flow-following steps at the original size: ``N_ITER / scale`` (Cellpose's
+    ``np.uint32(200 / rescale)``), because cells there are ``1 / scale`` times the
+    size the network saw.
+
+    Examples
+    --------
+    >>> n_iter_for(1.0), n_iter_for(0.5), n_iter_for(2.0)
+    (200, 400, 100)
+    """
+    return max(1, int(N_ITER / scale))
+
+
+def predict_flows(model, x, *, scale=1.0, **run_kw):
+    """The network's flows and cell probability for one network input, at its own size.
+
+    ``x`` is zoomed by ``scale`` (bilinear, to ``int(n * scale)`` pixels as
+    Cellpose), run through :func:`run_net`, and the outputs are zoomed back.
+    :func:`segment` and the training code (validation, size model, threshold
+    tuning) all go through here, so that thresholds are tuned on the outputs
+    that segmentation uses.
+
+    Parameters
+    ----------
+    model : CellposeUNet
+    x : ndarray (C, H, W)
+        Network input (see :func:`~cellpose_nb.normalize.to_network_input`).
+    scale : float
+        ``diam_mean / diameter``.
+    **run_kw
+        Keyword arguments of :func:`run_net` (tiling, batch, device, precision).
+
+    Returns
+    -------
+    FlowPrediction
+        ``flows`` (2, H, W) at unit scale, ``cellprob`` (H, W) logits, ``style``.
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> _ = torch.manual_seed(0)
+    >>> net = CellposeUNet(ModelConfig(features=(8, 16))).eval()
+    >>> p = predict_flows(net, np.zeros((2, 40, 30), np.float32), scale=1.5)
+    >>> p.flows.shape, p.cellprob.shape, p.style.shape
+    ((2, 40, 30), (40, 30), (16,))
+    """
+    x = np.asarray(x, np.float32)
+    shape = x.shape[1:]
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number; got {scale!r}")
+    if scale != 1.0:
+        x = _resize(x, tuple(max(1, int(n * scale)) for n in shape))  # int(): as Cellpose
+    net = run_net(model, x, **run_kw)
+    y = net.y if scale == 1.0 else _resize(net.y, shape)
+    flows = y[:2]
+    flows /= FLOW_SCALE
+    return FlowPrediction(flows=flows, cellprob=y[2], style=net.style)
 
 
 def segment_many(images, model, *, progress=True, **knobs):

@@ -53,7 +53,6 @@ from cellpose_nb.augment import random_transform
 from cellpose_nb.flows import FLOW_SCALE, check_labels, masks_to_flows
 from cellpose_nb.masks import (
     MAX_SIZE_FRACTION,
-    N_ITER,
     cluster_endpoints,
     compute_masks,
     fill_holes_and_remove_small_masks,
@@ -62,6 +61,7 @@ from cellpose_nb.masks import (
 )
 from cellpose_nb.metrics import average_precision
 from cellpose_nb.normalize import to_network_input
+from cellpose_nb.predict import n_iter_for, predict_flows
 
 __all__ = [
     "TrainConfig",
@@ -102,9 +102,6 @@ CELLPROB_GRID = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 FLOW_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 AP_IOU = 0.5  # IoU threshold of the validation AP
 MIN_SIZE = 15  # compute_masks' default minimum mask size
-PRED_WHOLE_PIXELS = 1024 * 1024  # whole-image passes up to this size; tiles above (memory)
-PRED_TILE = 512  # side of those tiles ...
-PRED_MARGIN = 64  # ... of which this many pixels on each side are context only
 # config fields that may differ between a run and its resumption
 _RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp"})
 _OPTIMIZERS = ("adamw", "sgd")
@@ -410,73 +407,19 @@ def _check_inputs(images, labels, n_channels, what):
     return checked_images, checked_labels
 
 
-# --- one network pass on a whole image -----------------------------------------------
-class _Prediction(NamedTuple):
-    flows: np.ndarray  # (2, H, W) unit-scale flows
-    cellprob: np.ndarray  # (H, W) logits
-    style: np.ndarray  # (S,)
-
-
-def _padded_pass(model, t):
-    """The network on (1, C, h, w), zero-padded (centred) to the size multiple."""
-    h, w = t.shape[-2:]
-    m = model.config.size_multiple
-    ph, pw = -h % m, -w % m
-    y, style = model(F.pad(t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
-    return y[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w].float(), style.float()
-
-
-def _tiled_pass(model, t):
-    """The network on big inputs, tile by tile: each tile sees PRED_MARGIN pixels of
-    context on every side and contributes its centre; the style is the normalised
-    mean of the tile styles (Cellpose sums and normalises too)."""
-    h, w = t.shape[-2:]
-    if h * w <= PRED_WHOLE_PIXELS:
-        return _padded_pass(model, t)
-    core = PRED_TILE - 2 * PRED_MARGIN
-    y = torch.empty((1, model.config.n_out, h, w), dtype=torch.float32, device=t.device)
-    styles = []
-    for r0 in range(0, h, core):
-        for c0 in range(0, w, core):
-            r1, c1 = min(h, r0 + core), min(w, c0 + core)
-            a, b = max(0, r0 - PRED_MARGIN), max(0, c0 - PRED_MARGIN)
-            out, style = _padded_pass(model, t[..., a:min(h, r1 + PRED_MARGIN),
-                                               b:min(w, c1 + PRED_MARGIN)])
-            y[..., r0:r1, c0:c1] = out[..., r0 - a:r1 - a, c0 - b:c1 - b]
-            styles.append(style)
-    style = torch.stack(styles).mean(dim=0)
-    return y, style / style.square().sum(dim=1, keepdim=True).sqrt()
-
-
-@torch.no_grad()
-def _predict_padded(model, x, *, rescale=1.0):
-    """Run ``model`` on one (C, H, W) input zoomed by ``rescale``, zero-padded to the
-    size multiple (tiled when big); outputs are cropped and zoomed back to (H, W)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
-    size = tuple(x.shape[-2:])
-    if rescale != 1.0:
-        zoomed = tuple(max(1, int(round(s * rescale))) for s in size)
-        t = F.interpolate(t, size=zoomed, mode="bilinear", align_corners=False)
-    y, style = _tiled_pass(model, t)
-    if rescale != 1.0:
-        y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-    model.train(was_training)
-    y = y[0].cpu().numpy()
-    return _Prediction(y[:2] / FLOW_SCALE, y[2], style[0].cpu().numpy())
+# --- the network on one input: the same path as segmentation --------------------------
+def _predict(model, x, *, rescale=1.0):
+    """Flows, cellprob and style of one (C, H, W) input zoomed by ``rescale``:
+    :func:`cellpose_nb.predict.predict_flows`, the path :func:`~cellpose_nb.predict.segment`
+    takes, so that validation AP, the size model and tuned thresholds see the
+    outputs that segmentation uses."""
+    return predict_flows(model, x, scale=rescale)
 
 
 def _segment(model, x, *, rescale, cellprob_threshold=0.0, flow_threshold=0.4):
-    pred = _predict_padded(model, x, rescale=rescale)
+    pred = _predict(model, x, rescale=rescale)
     return compute_masks(pred.flows, pred.cellprob, cellprob_threshold=cellprob_threshold,
-                         flow_threshold=flow_threshold, n_iter=_n_iter(rescale))
-
-
-def _n_iter(rescale):
-    """Cellpose follows flows 200 / rescale steps when it resamples to the input size."""
-    return max(1, int(round(N_ITER / rescale)))
+                         flow_threshold=flow_threshold, n_iter=n_iter_for(rescale))
 
 
 # --- checkpoints and history ---------------------------------------------------------
@@ -1042,7 +985,7 @@ def estimate_diameter(model, image, *, size_model=None, refine=True, cellprob_th
     if x.ndim != 3 or x.shape[0] != model.config.n_channels:
         raise ValueError(f"image has shape {x.shape}; expected a network input "
                          f"({model.config.n_channels}, H, W)")
-    style = _predict_padded(model, x).style
+    style = _predict(model, x).style
     d_style = float(sm.predict(style[None])[0]) if np.isfinite(style).all() else sm.diam_mean
     if not refine:
         return DiameterEstimate(d_style, d_style)
@@ -1129,10 +1072,10 @@ def optimize_thresholds(model, images, labels, *, diameters=None, cellprob_grid=
     ap = np.full((len(images), len(cellprob_grid), len(flow_grid)), np.nan)
     for k in tqdm(range(len(images)), desc="thresholds", disable=not progress, leave=False):
         rescale = model.config.diam_mean / float(diameters[k])
-        pred = _predict_padded(model, images[k], rescale=rescale)
+        pred = _predict(model, images[k], rescale=rescale)
         for i, c in enumerate(cellprob_grid):
             masks = _masks_over_flow_grid(pred.flows, pred.cellprob, c, flow_grid,
-                                          _n_iter(rescale), min_size)
+                                          n_iter_for(rescale), min_size)
             ap[k, i] = average_precision([labels[k]] * len(masks), masks,
                                          thresholds=[iou_threshold])[:, 0]
     with warnings.catch_warnings():  # an all-NaN column (no objects anywhere) is allowed
@@ -1187,7 +1130,7 @@ def finish_model(model, train_images, train_labels, *, out_dir, val_images=None,
     fits = [_ridge(styles, targets, l2, model.config.diam_mean) for l2 in grid]
     errors = [math.nan]
     if have_val:
-        val_styles = np.stack([_predict_padded(model, x).style for x in val_images])
+        val_styles = np.stack([_predict(model, x).style for x in val_images])
         val_diams = np.array([max(MIN_DIAMETER, median_diameter(lab)) for lab in val_labels])
         errors = [_size_error(f, val_styles, val_diams) for f in fits]
     best = int(np.nanargmin(errors)) if np.isfinite(errors).any() else 0
@@ -1209,13 +1152,14 @@ def finish_model(model, train_images, train_labels, *, out_dir, val_images=None,
 
 def train_folder(folder, *, out_dir, config=None, model=None, model_config=None,
                  channels=(0, None),
-                 channel_axis=None, invert=False, val_fraction=0.1, seed=0, resume=False,
+                 channel_axis=None, invert=False, val_fraction=0.1, val_names=None, seed=0,
+                 resume=False,
                  size_passes=SIZE_PASSES, size_crop=SIZE_CROP, progress=True, command=None,
                  image_suffix="_img", mask_suffix="_masks") -> TrainResult:
     """Train a model on a Cellpose-style folder (``*_img.tif`` + ``*_masks.tif``).
 
     Reads it with :func:`cellpose_nb.data.read_folder`, splits train/val with
-    :func:`split_train_val` (``val_fraction``, ``seed``), builds a
+    :func:`split_train_val` (``val_fraction``, ``seed``) or by ``val_names``, builds a
     :class:`~cellpose_nb.model.CellposeUNet` (weights seeded by ``seed``),
     trains it with :func:`train`, then runs :func:`finish_model` (size model, thresholds).
 
@@ -1231,9 +1175,14 @@ def train_folder(folder, *, out_dir, config=None, model=None, model_config=None,
         Architecture of a new network when ``model`` is None; default
         ``ModelConfig(diam_mean=config.diam_mean or 30)``.
     channels, channel_axis, invert
-        How to build the network input, see :func:`prepare_images`.
+        How to build the network input, see :func:`prepare_images`; saved with
+        the model as its ``input_recipe`` (``input.json``), so that
+        :func:`cellpose_nb.predict.segment` builds new inputs the same way.
     val_fraction, seed
         The split, and the seed of the weights.
+    val_names : iterable of str, optional
+        Image names (file names without ``_img.tif``) that form the validation
+        set instead of a random ``val_fraction``; every name must be in the folder.
     resume : bool
         Continue an interrupted run in ``out_dir``.
     size_passes, size_crop : int
@@ -1258,16 +1207,25 @@ def train_folder(folder, *, out_dir, config=None, model=None, model_config=None,
     samples = read_folder(folder, image_suffix=image_suffix, mask_suffix=mask_suffix)
     if not samples:
         raise ValueError(f"no image/mask pairs in {folder}")
-    train_idx, val_idx = split_train_val(len(samples), val_fraction=val_fraction, seed=seed)
+    names = [s.name for s in samples]
+    if val_names is not None:
+        val_names = set(val_names)
+        if missing := sorted(val_names - set(names)):
+            raise ValueError(f"{len(missing)} validation names are not in {folder}: "
+                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        val_idx = np.array([k for k, n in enumerate(names) if n in val_names], dtype=int)
+        train_idx = np.setdiff1d(np.arange(len(names)), val_idx)
+    else:
+        train_idx, val_idx = split_train_val(len(samples), val_fraction=val_fraction, seed=seed)
     inputs = prepare_images([s.image for s in samples], channels=channels,
                             channel_axis=channel_axis, invert=invert)
     pick = lambda idx, seq: [seq[k] for k in idx]  # noqa: E731
     labels = [s.labels for s in samples]
-    names = [s.name for s in samples]
     net = model
     if net is None:
         torch.manual_seed(seed)
         net = model_io.CellposeUNet(model_config)
+    net.input_recipe = {"channels": list(channels), "invert": invert}
     result = train(net, pick(train_idx, inputs), pick(train_idx, labels), config=config,
                    val_images=pick(val_idx, inputs), val_labels=pick(val_idx, labels),
                    out_dir=out_dir, resume=resume, progress=progress,

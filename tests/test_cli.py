@@ -90,3 +90,30 @@ def test_segment_reports_bad_files_skips_done_ones_and_never_overwrites(tmp_path
         k: v for k, v in before.items() if k != "a_rois.zip"}
     assert main(argv + ["--overwrite"]) == 0
     assert (out / "a_rois.zip").exists()
+
+
+def test_train_with_a_validation_list_saves_the_input_recipe(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(5):
+        s = make_synthetic((96, 96), n_cells=10, diameter=14, kind="nuclei", seed=k)
+        tifffile.imwrite(data / f"s{k}_img.tif", (1 - s.image).astype(np.float32))  # dark nuclei
+        tifffile.imwrite(data / f"s{k}_masks.tif", s.labels.astype(np.uint16))
+    val_list = tmp_path / "val.txt"
+    val_list.write_text("s1\ns3\n")
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--features", "8", "16",
+            "--diam-mean", "14", "--epochs", "1", "--crop-size", "64", "--invert", "auto",
+            "--val-list", str(val_list), "--size-passes", "1", "--size-crop", "64",
+            "--threads", "1", "--images-per-epoch", "8"]
+    assert main(args) == 0
+    folder = tmp_path / "run" / "model"
+    record = json.loads((folder / "training.json").read_text())
+    assert sorted(record["val_names"]) == ["s1", "s3"] and record["n_train"] == 3
+    assert record["config"]["n_images_per_epoch"] == 8
+    assert json.loads((folder / "input.json").read_text()) == {"channels": [0, None],
+                                                               "invert": "auto"}
+    val_list.write_text("s1\nnot_there\n")
+    assert main(args[:2] + ["--out", str(tmp_path / "run2")] + args[4:]) == 2
+    assert "not_there" in capsys.readouterr().err

@@ -76,3 +76,25 @@ def test_input_not_mutated():
     normalize_percentile(x)
     to_network_input(x)
     np.testing.assert_array_equal(x, before)
+
+
+def test_invert_auto_follows_the_background():
+    from cellpose_nb.normalize import dark_objects
+
+    rng = np.random.default_rng(0)
+    fluo = rng.normal(0.1, 0.02, (96, 96))
+    for r, c in [(20, 20), (60, 30), (40, 70)]:
+        fluo[r - 6:r + 6, c - 6:c + 6] += 0.8  # bright nuclei on a dark background
+    assert not dark_objects(fluo) and dark_objects(1 - fluo)
+    auto = to_network_input(fluo, invert="auto")
+    np.testing.assert_array_equal(auto, to_network_input(fluo, invert=False))
+    auto = to_network_input(1 - fluo, invert="auto")
+    np.testing.assert_allclose(auto, to_network_input(1 - fluo, invert=True))
+    assert not dark_objects(np.ones((8, 8)))  # flat: nothing to invert
+    with pytest.raises(ValueError, match="invert must be"):
+        to_network_input(fluo, invert="yes")
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        dark_objects(np.zeros((2, 8, 8)))
+    # 'gray' on a grayscale image is the image itself
+    np.testing.assert_array_equal(to_network_input(fluo, channels=("gray", None)),
+                                  to_network_input(fluo))

@@ -287,3 +287,27 @@ def test_run_net_rejects_bad_input(net):
         P.run_net(net, np.zeros((20, 20), np.float32))
     with pytest.raises(ValueError, match="finite"):
         P.run_net(net, np.full((2, 20, 20), np.inf, np.float32))
+
+
+def test_input_recipe_of_the_model_is_the_default(monkeypatch, tmp_path):
+    # a model remembers how its training images became network input; segment uses that
+    from cellpose_nb import model as M
+
+    net = _tiny_model()
+    rgb = np.zeros((48, 48, 3), np.float32) + 0.9  # light background ...
+    rgb[10:22, 10:22] = (0.3, 0.1, 0.4)  # ... with a dark purple "nucleus"
+    seen = []
+    real = P.to_network_input
+    monkeypatch.setattr(P, "to_network_input", lambda *a, **k: seen.append(k) or real(*a, **k))
+    P.segment(rgb[..., 0], net, diameter=DIAM)  # no recipe: channel 0, no inversion
+    assert (seen[-1]["channels"], seen[-1]["invert"]) == ((0, None), False)
+    net.input_recipe = {"channels": ["gray", None], "invert": "auto"}
+    M.save(net, tmp_path / "m")
+    loaded = M.load(tmp_path / "m")
+    assert loaded.input_recipe == {"channels": ["gray", None], "invert": "auto"}
+    P.segment(rgb, loaded, diameter=DIAM)
+    assert (seen[-1]["channels"], seen[-1]["invert"]) == (("gray", None), "auto")
+    x = real(rgb, channels=("gray", None), invert="auto")
+    assert x[0, 15, 15] > 0.9 and x[0, 40, 40] < 0.1  # nucleus bright after inversion
+    P.segment(rgb, loaded, diameter=DIAM, channels=(2, None), invert=False)  # explicit wins
+    assert (seen[-1]["channels"], seen[-1]["invert"]) == ((2, None), False)

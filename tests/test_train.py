@@ -260,16 +260,17 @@ def test_train_folder_end_to_end(tmp_path):
     assert T.load_size_model(folder).diam_mean == DIAM
 
 
-def test_tiled_prediction_matches_whole_image(monkeypatch):
+def test_training_predictions_are_segments_outputs():
+    # validation AP, the size model and optimize_thresholds see exactly what segment() computes
+    from cellpose_nb.predict import segment
+
     s = make_synthetic((200, 170), n_cells=20, diameter=16, kind="nuclei", seed=0)
     x = T.prepare_images([s.image])[0]
     net = tiny_net().eval()
-    whole = T._predict_padded(net, x, rescale=1.3)
-    monkeypatch.setattr(T, "PRED_WHOLE_PIXELS", 0)
-    monkeypatch.setattr(T, "PRED_TILE", 96)
-    monkeypatch.setattr(T, "PRED_MARGIN", 24)
-    tiled = T._predict_padded(net, x, rescale=1.3)
-    assert tiled.flows.shape == (2, 200, 170) and tiled.cellprob.shape == (200, 170)
-    for a, b in ((whole.flows, tiled.flows), (whole.cellprob, tiled.cellprob)):
-        assert np.abs(a - b).mean() < 0.05 * np.abs(a).mean()
-    assert float(whole.style @ tiled.style) > 0.99
+    diameter = 13.0
+    pred = T._predict(net, x, rescale=net.config.diam_mean / diameter)
+    seg = segment(s.image, net, diameter=diameter, cellprob_threshold=0.0, flow_threshold=0.4)
+    np.testing.assert_array_equal(pred.flows, seg.flows)
+    np.testing.assert_array_equal(pred.cellprob, seg.cellprob)
+    masks = T._segment(net, x, rescale=net.config.diam_mean / diameter)
+    np.testing.assert_array_equal(masks, seg.labels)
