@@ -1,8 +1,10 @@
 """Inference side by side: cellpose 3.1.1.2 ``CellposeModel.eval`` vs ``cellpose_nb.predict.segment``.
 
 The same weights, the same settings (diameter = diam_mean so nothing is
-rescaled, tiles of 224 with overlap 0.1, batch size 8, no augmentation, the
-same thresholds, grayscale = channels [0, 0] in Cellpose's convention), on
+rescaled, tiles of 224 with overlap 0.1, no augmentation, the same
+thresholds, grayscale = channels [0, 0] in Cellpose's convention), each side
+at its default batch size (Cellpose 8 tiles per pass, ours 2 on the CPU;
+``--ours-batch-size 8`` for the same batch on both sides), on
 CPU, on synthetic nuclei images.  Each (implementation, size) runs in its own
 subprocess, so that peak memories do not mix: one warm-up call on a 256 x 256
 crop, one timed call, then one call under ``tracemalloc`` (NumPy and other
@@ -54,7 +56,7 @@ SETTINGS = dict(tile_size=224, tile_overlap=0.1, batch_size=8, min_size=15, n_it
 
 
 # --- workers (run in subprocesses) ------------------------------------------------------
-def _run_ours(weights, th, precision):
+def _run_ours(weights, th, precision, batch_size):
     from cellpose_nb.flows import FLOW_SCALE
     from cellpose_nb.model import load_cellpose_weights
     from cellpose_nb.predict import segment
@@ -62,8 +64,10 @@ def _run_ours(weights, th, precision):
     model = load_cellpose_weights(weights, device="cpu")
 
     def run(img):
+        settings = dict(SETTINGS, batch_size=batch_size)  # None: segment's default
         res = segment(img, model, diameter=model.config.diam_mean, channels=(0, None),
-                      augment=False, device="cpu", precision=precision, **th, **SETTINGS)
+                      invert=False, augment=False, device="cpu", precision=precision, **th,
+                      **settings)
         return res.labels, res.flows * FLOW_SCALE, res.cellprob
 
     return run
@@ -144,11 +148,11 @@ def _crop(data, size):
 
 
 def worker(impl, stage, weights, input_path, out_path, thresholds, trace, repeats, precision,
-           features):
+           features, batch_size):
     th = json.loads(thresholds)
     if stage == "full":
         data = np.load(input_path)
-        run = (_run_ours(weights, th, precision) if impl == "ours"
+        run = (_run_ours(weights, th, precision, batch_size) if impl == "ours"
                else _run_cellpose(weights, th, features))
     else:
         with np.load(input_path) as f:
@@ -209,6 +213,8 @@ def _spawn(impl, stage, weights, input_path, out_path, th, args):
            str(weights), "--input", str(input_path), "--out", str(out_path), "--thresholds",
            json.dumps(th), "--repeats", str(args.repeats), "--precision", args.precision,
            "--features", *map(str, args.features)]
+    if args.ours_batch_size is not None:
+        cmd += ["--ours-batch-size", str(args.ours_batch_size)]
     if args.no_trace:
         cmd.append("--no-trace")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -226,6 +232,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1, help="timed calls; the fastest counts")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                         help="our network precision (cellpose always runs float32)")
+    parser.add_argument("--ours-batch-size", type=int, default=None,
+                        help="tiles per forward pass on our side (default: segment's default, "
+                             "2 on the CPU; cellpose always runs its default 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=["ours", "cellpose"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -238,7 +247,7 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.stage, args.weights, args.input, args.out,
                       args.thresholds, not args.no_trace, args.repeats, args.precision,
-                      args.features)
+                      args.features, args.ours_batch_size)
 
     from cellpose_nb.data import make_synthetic
     from cellpose_nb.flows import FLOW_SCALE, masks_to_flows
@@ -249,7 +258,8 @@ def main(argv=None):
     th = _thresholds(model)
     print(f"weights: {kind}; diam_mean {model.config.diam_mean:g}; thresholds {th}; "
           f"features {model.config.features}; {args.threads} threads; settings {SETTINGS}; "
-          f"our precision {args.precision}")
+          f"our precision {args.precision}; our batch size "
+          f"{args.ours_batch_size or 'default (BATCH_SIZE_CPU)'}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         weights = export_cellpose_weights(model, tmp / "weights_cellpose")

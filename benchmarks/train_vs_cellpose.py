@@ -17,7 +17,7 @@ Data: synthetic nuclei (``make_synthetic``, kind="nuclei", diameter 17),
 or ``--dsb`` for the first DSB2018 fluorescence images cropped to 256 x 256.
 
     python benchmarks/train_vs_cellpose.py [--images 16] [--epochs 2] [--threads 2] \\
-        [--repeats 3] [--dsb]
+        [--repeats 3] [--dsb] [--crop 224] [--features 32 64 128 256]
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ def make_data(n, dsb):
     return prepare_images(images), labels
 
 
-def run_ours(images, labels, n_epochs, features):
+def run_ours(images, labels, n_epochs, features, crop):
     from cellpose_nb.model import CellposeUNet, ModelConfig
     from cellpose_nb.train import TrainConfig, train
 
     torch.manual_seed(0)
     net = CellposeUNet(ModelConfig(features=features, diam_mean=DIAMETER))
-    config = TrainConfig(n_epochs=n_epochs, batch_size=BATCH_SIZE, crop_size=CROP,
+    config = TrainConfig(n_epochs=n_epochs, batch_size=BATCH_SIZE, crop_size=crop,
                          learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
                          optimizer="adamw", device="cpu", min_train_masks=1)
     t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def run_ours(images, labels, n_epochs, features):
     return time.perf_counter() - t0, [h["train_loss"] for h in res.history]
 
 
-def run_cellpose(images, labels, n_epochs, features):
+def run_cellpose(images, labels, n_epochs, features, crop):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from cellpose import resnet_torch
@@ -89,7 +89,7 @@ def run_cellpose(images, labels, n_epochs, features):
         _, losses, _ = cp_train.train_seg(
             net, train_data=list(images), train_labels=list(labels), batch_size=BATCH_SIZE,
             learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, SGD=False,
-            n_epochs=n_epochs, normalize=False, save_path=tmp, bsize=CROP,
+            n_epochs=n_epochs, normalize=False, save_path=tmp, bsize=crop,
             min_train_masks=1, model_name="bench")
         return time.perf_counter() - t0, list(losses)
 
@@ -115,6 +115,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--features", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--dsb", action="store_true", help="DSB2018 fluorescence crops")
+    parser.add_argument("--crop", type=int, default=CROP, help="side of the training crops")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -122,16 +123,16 @@ def main(argv=None):
     images, labels = make_data(args.images, args.dsb)
     n = len(images) * args.epochs
     print(f"{len(images)} images {SIZE}x{SIZE} ({'DSB2018' if args.dsb else 'synthetic'}), "
-          f"{args.epochs} epochs, batch {BATCH_SIZE}, crops {CROP}, features {features}, "
+          f"{args.epochs} epochs, batch {BATCH_SIZE}, crops {args.crop}, features {features}, "
           f"CPU, {torch.get_num_threads()} threads")
     impls = {"cellpose_nb": run_ours, "cellpose": run_cellpose}
     runs = {name: [] for name in impls}
     with contextlib.redirect_stderr(io.StringIO()):  # Cellpose's tqdm bars
         for run in impls.values():
-            run(images, labels, 1, features)  # warm-up
+            run(images, labels, 1, features, args.crop)  # warm-up
         for _ in range(args.repeats):  # interleaved, the best of each counts
             for name, run in impls.items():
-                runs[name].append(run(images, labels, args.epochs, features))
+                runs[name].append(run(images, labels, args.epochs, features, args.crop))
         flows = {name: min(time_flows(labels, name) for _ in range(2)) for name in impls}
     total, loop = {}, {}
     for name in impls:

@@ -248,7 +248,7 @@ show(fig)
 # (10 %, stratified by modality, seed 0) that it only ever saw for
 # validation: those are our held-out images. The model's training record
 # lists them when it has one; otherwise we redo the split of
-# `scripts/train_nuclei.py`. (Not quite untouched: the model's tuned
+# `scripts/dsb2018_split.py`. (Not quite untouched: the model's tuned
 # thresholds and its size model's penalty were chosen on them. The DSB's own
 # held-back test images would be the cleaner test.) The two bundled samples
 # were in the training set: they are shown separately, as a sanity check,
@@ -278,7 +278,7 @@ def held_out_dsb():
     modality = {r["id"]: r["modality"] for r in rows}
     size = {r["id"]: max(r["h"], r["w"]) for r in rows}
     names = record.get("val_names")
-    if not names:  # redo the split of scripts/train_nuclei.py
+    if not names:  # redo the split of scripts/dsb2018_split.py
         ids = sorted(modality)
         _, val_idx = train.split_train_val(len(ids), val_fraction=0.1, seed=0,
                                            strata=[modality[i] for i in ids])

@@ -177,7 +177,7 @@ def standin_images():
     modality = {r["id"]: r["modality"] for r in data.dataset_index("dsb2018")}
     record = model.load_pretrained(MODEL, device="cpu").training_record or {}
     names = record.get("val_names")
-    if not names:  # the split of scripts/train_nuclei.py
+    if not names:  # the split of scripts/dsb2018_split.py
         ids = sorted(modality)
         _, val_idx = train.split_train_val(len(ids), val_fraction=0.1, seed=0, strata=[modality[i] for i in ids])
         names = [ids[k] for k in val_idx]

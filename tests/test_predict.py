@@ -311,3 +311,18 @@ def test_input_recipe_of_the_model_is_the_default(monkeypatch, tmp_path):
     assert x[0, 15, 15] > 0.9 and x[0, 40, 40] < 0.1  # nucleus bright after inversion
     P.segment(rgb, loaded, diameter=DIAM, channels=(2, None), invert=False)  # explicit wins
     assert (seen[-1]["channels"], seen[-1]["invert"]) == ((2, None), False)
+
+
+def test_default_batch_size_is_small_on_the_cpu(net, monkeypatch):
+    sizes = []
+    hook = net.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    try:
+        x = _smooth((2, 192, 160))
+        default = P.run_net(net, x, tile_size=32)  # 8 x 7 = 56 tiles
+        assert set(sizes[:-1]) == {P.BATCH_SIZE_CPU}
+        sizes.clear()
+        eight = P.run_net(net, x, tile_size=32, batch_size=P.BATCH_SIZE)
+        assert sizes[0] == P.BATCH_SIZE
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(default.y, eight.y, atol=1e-5)  # same numbers either way
