@@ -235,6 +235,8 @@ def main(argv=None):
     parser.add_argument("--ours-batch-size", type=int, default=None,
                         help="tiles per forward pass on our side (default: segment's default, "
                              "2 on the CPU; cellpose always runs its default 8)")
+    parser.add_argument("--impls", nargs="+", default=["cellpose", "ours"],
+                        choices=["cellpose", "ours"], help="run only these (e.g. ours at 4096)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=["ours", "cellpose"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -275,7 +277,7 @@ def main(argv=None):
                     ("full", "whole pipeline: image -> masks", "image.npy"),
                     ("masks", "mask stage only, on the ideal network output", "ideal.npz")):
                 stats, outs = {}, {}
-                for impl in ("cellpose", "ours"):
+                for impl in args.impls:
                     out = tmp / f"{impl}_{stage}.npz"
                     stats[impl] = _spawn(impl, stage, weights, tmp / source, out, th, args)
                     outs[impl] = dict(np.load(out))
@@ -285,9 +287,8 @@ def main(argv=None):
 def _report(title, truth, stats, outs, *, compare_outputs):
     from cellpose_nb.metrics import average_precision
 
-    cp, us = outs["cellpose"], outs["ours"]
     print(f"  {title}")
-    for impl in ("cellpose", "ours"):
+    for impl in stats:
         s = stats[impl]
         traced = "n/a" if s["traced_peak"] is None else f"{s['traced_peak'] / 2**20:.0f} MiB"
         ap_truth = average_precision(truth, outs[impl]["masks"], thresholds=[0.5])[0, 0]
@@ -295,6 +296,9 @@ def _report(title, truth, stats, outs, *, compare_outputs):
               f"tracemalloc peak {traced:>8s}   ru_maxrss {s['maxrss_kb'] / 2**10:5.0f} MiB "
               f"(after warm-up {s['maxrss_before_kb'] / 2**10:5.0f})   "
               f"{int(outs[impl]['masks'].max()):5d} masks, AP@0.5 vs truth {ap_truth:.3f}")
+    if set(stats) != {"cellpose", "ours"}:
+        return
+    cp, us = outs["cellpose"], outs["ours"]
     ratio = stats["cellpose"]["seconds"] / stats["ours"]["seconds"]
     ratio_cpu = stats["cellpose"]["cpu_seconds"] / stats["ours"]["cpu_seconds"]
     ap = average_precision(cp["masks"], us["masks"], thresholds=[0.5, 0.9])[0]

@@ -113,10 +113,17 @@ def cellpose_eval(path, net, samples, diams):
     from cellpose import models, resnet_torch
 
     logging.getLogger("cellpose").setLevel(logging.WARNING)
+    class PaddedStyle(resnet_torch.CPnet):
+        """cellpose.core.run_net stores styles 256 wide: pad narrower ones with zeros."""
+
+        def forward(self, x):
+            y, style = super().forward(x)[:2]
+            return y, torch.nn.functional.pad(style, (0, 256 - style.shape[1]))
+
     cfg = net.config
     cp = models.CellposeModel(gpu=False, diam_mean=cfg.diam_mean, nchan=2)
-    cp.net = resnet_torch.CPnet([2, *cfg.features], 3, sz=3, max_pool=True,
-                                diam_mean=cfg.diam_mean)  # train_seg's network size
+    cp.net = PaddedStyle([2, *cfg.features], 3, sz=3, max_pool=True,
+                         diam_mean=cfg.diam_mean)  # train_seg's network size
     cp.net.load_model(str(path), device=torch.device("cpu"))
     cp.net.eval()
     cp.diam_mean, cp.diam_labels = cfg.diam_mean, float(cp.net.diam_labels.item())
