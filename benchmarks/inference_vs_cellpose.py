@@ -50,8 +50,6 @@ import numpy as np
 DIAMETER = 17.0  # nuclei diameter of the synthetic images (px) = diam_mean of a nuclei model
 CELL_DENSITY = 1 / 900  # synthetic nuclei per pixel (about a quarter of the area covered)
 WARMUP_SIZE = 256  # side of the crop used to warm up (JIT, thread pools, first allocations)
-CELLPOSE_FEATURES = (32, 64, 128, 256)  # the architecture CellposeModel builds
-STYLE_WIDTH = 256  # cellpose.core.run_net's fixed style array width
 SETTINGS = dict(tile_size=224, tile_overlap=0.1, batch_size=8, min_size=15, n_iter=200)
 
 
@@ -73,33 +71,10 @@ def _run_ours(weights, th, precision, batch_size):
     return run
 
 
-def _cellpose_model(weights, features):
-    """``CellposeModel`` with our weights; other widths than Cellpose's via a CPnet swap."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import torch
-        from cellpose import models, resnet_torch
-    if tuple(features) == CELLPOSE_FEATURES:
-        return models.CellposeModel(gpu=False, pretrained_model=str(weights))
+def _run_cellpose(weights, th):
+    from cellpose_nb.model import cellpose_reference_model
 
-    class PaddedStyle(resnet_torch.CPnet):
-        """cellpose.core.run_net stores styles in a 256-wide array: pad ours with zeros."""
-
-        def forward(self, x):
-            y, style = super().forward(x)[:2]
-            return y, torch.nn.functional.pad(style, (0, STYLE_WIDTH - style.shape[1]))
-
-    model = models.CellposeModel(gpu=False)  # default CPnet, replaced below
-    model.net = PaddedStyle([2, *features], 3, 3, mkldnn=model.mkldnn, max_pool=True)
-    model.net.load_model(str(weights), device=model.device)
-    model.net.eval()
-    model.diam_mean = float(model.net.diam_mean.item())
-    model.diam_labels = float(model.net.diam_labels.item())
-    return model
-
-
-def _run_cellpose(weights, th, features):
-    model = _cellpose_model(weights, features)
+    model = cellpose_reference_model(weights)  # CellposeModel with these weights, any widths
 
     def run(img):
         masks, flows, _ = model.eval(
@@ -148,12 +123,12 @@ def _crop(data, size):
 
 
 def worker(impl, stage, weights, input_path, out_path, thresholds, trace, repeats, precision,
-           features, batch_size):
+           batch_size):
     th = json.loads(thresholds)
     if stage == "full":
         data = np.load(input_path)
         run = (_run_ours(weights, th, precision, batch_size) if impl == "ours"
-               else _run_cellpose(weights, th, features))
+               else _run_cellpose(weights, th))
     else:
         with np.load(input_path) as f:
             data = (f["dp"], f["cellprob"])
@@ -211,8 +186,7 @@ def _spawn(impl, stage, weights, input_path, out_path, th, args):
                NUMBA_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--worker", impl, "--stage", stage, "--weights",
            str(weights), "--input", str(input_path), "--out", str(out_path), "--thresholds",
-           json.dumps(th), "--repeats", str(args.repeats), "--precision", args.precision,
-           "--features", *map(str, args.features)]
+           json.dumps(th), "--repeats", str(args.repeats), "--precision", args.precision]
     if args.ours_batch_size is not None:
         cmd += ["--ours-batch-size", str(args.ours_batch_size)]
     if args.no_trace:
@@ -241,7 +215,6 @@ def main(argv=None):
     parser.add_argument("--worker", choices=["ours", "cellpose"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=["full", "masks"], help=argparse.SUPPRESS)
-    parser.add_argument("--features", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--thresholds", help=argparse.SUPPRESS)
@@ -249,14 +222,13 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.stage, args.weights, args.input, args.out,
                       args.thresholds, not args.no_trace, args.repeats, args.precision,
-                      args.features, args.ours_batch_size)
+                      args.ours_batch_size)
 
     from cellpose_nb.data import make_synthetic
     from cellpose_nb.flows import FLOW_SCALE, masks_to_flows
     from cellpose_nb.model import export_cellpose_weights
 
     model, kind = _model(args.model)
-    args.features = model.config.features
     th = _thresholds(model)
     print(f"weights: {kind}; diam_mean {model.config.diam_mean:g}; thresholds {th}; "
           f"features {model.config.features}; {args.threads} threads; settings {SETTINGS}; "

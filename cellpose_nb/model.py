@@ -61,6 +61,7 @@ __all__ = [
     "from_cellpose_state_dict",
     "export_cellpose_weights",
     "load_cellpose_weights",
+    "cellpose_reference_model",
     "find_cellpose_weights",
     "download_weights",
     "cache_dir",
@@ -898,3 +899,54 @@ def export_cellpose_weights(model: CellposeUNet, path: str | os.PathLike, *,
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(to_cellpose_state_dict(model), path)
     return path
+
+
+CELLPOSE_STYLE_WIDTH = 256  # cellpose.core.run_net stores styles in arrays this wide
+
+
+def cellpose_reference_model(path: str | os.PathLike, *, mkldnn: bool | None = None):
+    """cellpose 3.1's own ``CellposeModel`` running the CPnet weight file ``path``, any widths.
+
+    ``CellposeModel(pretrained_model=path)`` only builds Cellpose's default widths
+    (32-256); this builds a ``CPnet`` of the file's widths (read by
+    :func:`load_cellpose_weights`), pads its style with zeros to the 256 values
+    that ``cellpose.core.run_net`` expects (which changes nothing else: styles
+    are only normalised and returned), and sets ``diam_mean``/``diam_labels``
+    from the file.  For side-by-side comparisons (benchmarks, the evaluation
+    notebook, ``scripts/report_nuclei.py``); needs the optional ``cellpose``
+    package (the ``reference`` extra).
+
+    Parameters
+    ----------
+    path : path
+        A file written by :func:`export_cellpose_weights` or ``CPnet.save_model``.
+    mkldnn : bool, optional
+        Passed to ``CPnet``; None: what ``CellposeModel`` detects.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reference package's import-time noise
+            from cellpose import models, resnet_torch
+    except ImportError as err:
+        raise ImportError("cellpose_reference_model needs the reference package: "
+                          "pip install cellpose==3.1.1.2") from err
+    config = load_cellpose_weights(path, device="cpu").config
+
+    class PaddedStyle(resnet_torch.CPnet):
+        def forward(self, x):
+            y, style = super().forward(x)[:2]
+            return y, F.pad(style, (0, CELLPOSE_STYLE_WIDTH - style.shape[1]))
+
+    reference = models.CellposeModel(gpu=False, diam_mean=config.diam_mean,
+                                     nchan=config.n_channels)
+    reference.net = PaddedStyle([config.n_channels, *config.features], config.n_out,
+                                config.kernel_size,
+                                mkldnn=reference.mkldnn if mkldnn is None else mkldnn,
+                                max_pool=True, diam_mean=config.diam_mean)
+    reference.net.load_model(str(path), device=torch.device("cpu"))
+    reference.net.eval()
+    reference.diam_mean = float(reference.net.diam_mean.item())
+    reference.diam_labels = float(reference.net.diam_labels.item())
+    return reference

@@ -612,49 +612,26 @@ assert [p.name[len(e["name"]):] for p in paths] == list(export.SUFFIXES.values()
 #
 # Two details. Cellpose's `CellposeModel` builds a network of widths 32..256
 # while the shipped model is narrower (see `net.config.features`), so we
-# build a `CPnet` of our widths, load the exported file with its own
-# `load_model`, and put it into a `CellposeModel` as `.net`. And Cellpose's
-# tiled pass keeps 256 style values per tile; a narrower network has fewer,
-# so a small wrapper pads the style with zeros (the style does not enter
-# the masks). Cellpose follows the flows `200 / zoom` steps (with
+# `model.cellpose_reference_model` builds a `CPnet` of our widths, loads the
+# exported file with Cellpose's own `load_model`, and puts it into a
+# `CellposeModel` as `.net`. And Cellpose's tiled pass keeps 256 style
+# values per tile; a narrower network has fewer, so it pads the style with
+# zeros (the style does not enter the masks). Cellpose follows the flows `200 / zoom` steps (with
 # `zoom = diam_mean / diameter`); we pass the same `n_iter` to `segment`.
 
 # %%
 try:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the reference package's import-time noise
-        from cellpose import models as cp_models
-        from cellpose.resnet_torch import CPnet
+        import cellpose.models  # noqa: F401
     HAVE_CELLPOSE = True
 except ImportError:
     HAVE_CELLPOSE = False
     print("the reference package cellpose is not installed (pip install cellpose); skipping")
 
 if HAVE_CELLPOSE:
-    import torch.nn.functional as F
-
-    class PaddedStyle(torch.nn.Module):
-        """A narrow CPnet with its style padded to the 256 values Cellpose's run_net expects."""
-
-        def __init__(self, cpnet):
-            super().__init__()
-            self.cpnet, self.nout, self.mkldnn = cpnet, cpnet.nout, False
-
-        @property
-        def device(self):
-            return self.cpnet.device
-
-        def forward(self, x):
-            y, style = self.cpnet(x)[:2]
-            return y, F.pad(style, (0, 256 - style.shape[1]))
-
     weights = model.export_cellpose_weights(net, WORKDIR / "cellpose_model" / "nuclei_nb")
-    cpnet = CPnet([net.config.n_channels, *net.config.features], net.config.n_out, net.config.kernel_size,
-                  mkldnn=False, diam_mean=net.config.diam_mean)
-    cpnet.load_model(str(weights), device=torch.device("cpu"))
-    reference = cp_models.CellposeModel(gpu=False, pretrained_model=False, mkldnn=False,
-                                        diam_mean=net.config.diam_mean, nchan=net.config.n_channels)
-    reference.net = PaddedStyle(cpnet)
+    reference = model.cellpose_reference_model(weights, mkldnn=False)
     net_cpu = model.load_pretrained(MODEL, device="cpu")
     th = {"cellprob_threshold": float((net.thresholds or {}).get("cellprob_threshold", 0.0)),
           "flow_threshold": float((net.thresholds or {}).get("flow_threshold", 0.4))}

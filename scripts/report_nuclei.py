@@ -93,7 +93,7 @@ def main(argv=None):
         if has_size:
             rows["estimated_diameter"].append(ap50(s.labels, segment(s.image, net).labels))
     if args.cellpose_eval:
-        rows["cellpose_eval_true_diameter"] = cellpose_eval(args.model, net, samples, diams)
+        rows["cellpose_eval_true_diameter"] = cellpose_eval(args.model, samples, diams)
     result = {"model": str(args.model), "thresholds": net.thresholds, "ap50_val": table(rows, mods)}
     print(json.dumps(result["thresholds"]))
     names = list(rows)
@@ -105,28 +105,13 @@ def main(argv=None):
     return 0
 
 
-def cellpose_eval(path, net, samples, diams):
+def cellpose_eval(path, samples, diams):
     """AP@0.5 of Cellpose's own ``CellposeModel.eval`` of the weights (default
     thresholds), on the same gray, auto-inverted, normalised input as ours."""
     import logging
 
-    from cellpose import models, resnet_torch
-
     logging.getLogger("cellpose").setLevel(logging.WARNING)
-    class PaddedStyle(resnet_torch.CPnet):
-        """cellpose.core.run_net stores styles 256 wide: pad narrower ones with zeros."""
-
-        def forward(self, x):
-            y, style = super().forward(x)[:2]
-            return y, torch.nn.functional.pad(style, (0, 256 - style.shape[1]))
-
-    cfg = net.config
-    cp = models.CellposeModel(gpu=False, diam_mean=cfg.diam_mean, nchan=2)
-    cp.net = PaddedStyle([2, *cfg.features], 3, sz=3, max_pool=True,
-                         diam_mean=cfg.diam_mean)  # train_seg's network size
-    cp.net.load_model(str(path), device=torch.device("cpu"))
-    cp.net.eval()
-    cp.diam_mean, cp.diam_labels = cfg.diam_mean, float(cp.net.diam_labels.item())
+    cp = M.cellpose_reference_model(path)  # train_seg's network size (16-128)
     out = []
     for s, d in zip(samples, diams):
         x = to_network_input(s.image, channels=("gray", None), invert="auto")[0]

@@ -175,6 +175,24 @@ def test_exported_weights_load_in_cellpose_model(tmp_path):
         M.export_cellpose_weights(ours, path)
 
 
+@pytest.mark.reference
+def test_cellpose_reference_model_runs_narrow_weights(tmp_path):
+    _reference("cellpose.models")
+    ours = _small_model(M.ModelConfig(features=(8, 16, 32), diam_mean=17.0), seed=4).eval()
+    ours.diam_labels = 11.0
+    cp = M.cellpose_reference_model(M.export_cellpose_weights(ours, tmp_path / "narrow"),
+                                    mkldnn=False)
+    assert cp.diam_mean == pytest.approx(17.0) and cp.diam_labels == pytest.approx(11.0)
+    x = torch.randn(2, 2, 48, 48)
+    with torch.no_grad():
+        y_ref, style_ref = cp.net(x)
+        y, style = ours(x)
+    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=0)
+    assert style_ref.shape == (2, M.CELLPOSE_STYLE_WIDTH)  # padded for cellpose's run_net
+    torch.testing.assert_close(style_ref[:, :32], style, atol=1e-6, rtol=0)
+    assert not style_ref[:, 32:].any()
+
+
 def test_cellpose_file_round_trip_keeps_diameters(tmp_path):
     net = _small_model(M.ModelConfig(features=(8, 16), diam_mean=17.0))
     net.diam_labels = 14.0
