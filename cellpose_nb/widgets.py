@@ -17,8 +17,9 @@ Everything expensive is computed once and cached; a slider move only redoes
 what depends on the moved value (see :class:`ThresholdExplorer`).  The views
 are images (``ipywidgets.Image``, PNG or JPEG) whose bytes are replaced on
 each change, so they work in every Jupyter front end without a matplotlib
-widget backend (ipympl); clicking on the figure is therefore not supported:
-pick pixels with the sliders (or call ``pick_pixel``).
+widget backend (ipympl).  Clicks on the flow explorer's figure reach Python
+through ``ipyevents`` (a small widget library for mouse events on any
+widget); without it, pixels are picked with the sliders (or ``pick_pixel``).
 """
 
 from __future__ import annotations
@@ -130,7 +131,20 @@ def _encode_rgb(rgb, *, scale=1, fmt="jpeg"):
     return buf.getvalue()
 
 
-def _figure_png(fig, *, dpi=80):
+#: Resolution of the figures shown in the widgets (their PNG pixels per inch).
+VIEW_DPI = 80
+
+
+def _ipyevents():
+    """ipyevents if it imports, else None (clicks are then not available)."""
+    try:
+        import ipyevents
+    except ImportError:
+        return None
+    return ipyevents
+
+
+def _figure_png(fig, *, dpi=VIEW_DPI):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
@@ -315,6 +329,57 @@ class FlowExplorer:
         far = pts[np.argmax(((pts - np.array(self.center_of(cell_id))) ** 2).sum(axis=1))]
         return int(far[0]), int(far[1])
 
+    def pick_at(self, x, y):
+        """Pick the image pixel under the point (x, y) of the widget's view.
+
+        (x, y) are pixel coordinates of the view's PNG (x to the right, y down),
+        as a click reports them.  The point may fall on any of the three panels
+        (the close-up too); the pixel there is traced (:meth:`pick_pixel`) and
+        its cell, if any, highlighted.  A point outside the panels' images
+        changes nothing.
+
+        Returns
+        -------
+        (int, int) or None
+            The picked pixel (row, col), or None.
+        """
+        fig, axes = self._view_figure()
+        fx = float(x) / (fig.get_figwidth() * VIEW_DPI)
+        fy = 1.0 - float(y) / (fig.get_figheight() * VIEW_DPI)
+        h, w = self.labels.shape
+        for ax in axes:
+            if not ax.get_position().contains(fx, fy):
+                continue
+            col, row = ax.transData.inverted().transform(fig.transFigure.transform((fx, fy)))
+            r, c = int(np.floor(row + 0.5)), int(np.floor(col + 0.5))
+            if not (0 <= r < h and 0 <= c < w):
+                return None
+            with self._hold():
+                self.cell = int(self.labels[r, c])
+                self.pick_pixel(r, c)
+            self._refresh()
+            return r, c
+        return None
+
+    def view_position(self, row, col, panel=0):
+        """Where the image pixel (row, col) of a panel (0, 1, 2) lies in the view's
+        PNG, as (x, y) pixels: the inverse of :meth:`pick_at` (for tests and for
+        scripted clicks)."""
+        fig, axes = self._view_figure()
+        fx, fy = fig.transFigure.inverted().transform(axes[panel].transData.transform((col, row)))
+        return float(fx * fig.get_figwidth() * VIEW_DPI), float((1.0 - fy) * fig.get_figheight() * VIEW_DPI)
+
+    def _view_figure(self):
+        """The widget's figure and axes, laid out (built with the widget)."""
+        if self._fig is None:
+            self.widget  # noqa: B018 - builds the figure
+        return self._fig, self._axes
+
+    def _on_click(self, event):
+        """ipyevents handler: ``dataX``/``dataY`` are the click in the PNG's pixels."""
+        if event.get("dataX") is not None and event.get("dataY") is not None:
+            self.pick_at(event["dataX"], event["dataY"])
+
     def set_arrows(self, on):
         """Show or hide the arrows of the full field."""
         self.arrows = bool(on)
@@ -450,7 +515,10 @@ class FlowExplorer:
         self._fig, self._axes = _new_figure(3)
         self._artists = self._draw(self._axes, cell=self.cell, pixel=self.pixel, arrows=self.arrows)
         self.view = w.Image(value=_figure_png(self._fig), format="png")
+        self.view.add_class("cellpose-nb-flows")
         c = self.controls
+        c["row"].add_class("cellpose-nb-row")
+        c["col"].add_class("cellpose-nb-col")
 
         def on_arrows(change):
             if not self._holding:
@@ -468,7 +536,17 @@ class FlowExplorer:
         c["cell"].observe(on_cell, "value")
         c["row"].observe(on_pixel, "value")
         c["col"].observe(on_pixel, "value")
-        box = w.VBox([w.HBox([c["cell"], c["arrows"]]), w.HBox([c["row"], c["col"]]), self.view])
+        events = _ipyevents()
+        if events is not None:
+            self._click = events.Event(source=self.view, watched_events=["click"],
+                                       prevent_default_action=True)
+            self._click.on_dom_event(self._on_click)
+            hint = "click any panel to trace that pixel, or use the controls"
+        else:
+            self._click = None
+            hint = "pick with the controls (pip install ipyevents to pick by clicking)"
+        box = w.VBox([w.HBox([c["cell"], c["arrows"]]), w.HBox([c["row"], c["col"]]),
+                      w.HTML(f"<small>{hint}</small>"), self.view])
         box.add_class("cellpose-nb-flow-explorer")
         return box
 

@@ -282,9 +282,10 @@ show(explorer.static(cellprob_threshold=2.0))
 # ## 7. Explore the flows
 #
 # The `FlowExplorer` shows the image with the mask outlines, the flow field,
-# and a close-up of one nucleus. Pick a nucleus (or a pixel with the row and
-# column sliders): the path that pixel takes through the field, 200 small
-# steps, is drawn to its end, the nucleus' centre.
+# and a close-up of one nucleus. Click any pixel on any of the three panels
+# (or pick a nucleus from the list, or a pixel with the row and column
+# sliders): the path that pixel takes through the field, 200 small steps, is
+# drawn to its end, the nucleus' centre.
 
 # %%
 flow_explorer = FlowExplorer.from_segmentation(image, seg)

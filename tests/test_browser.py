@@ -1,9 +1,12 @@
-"""The threshold explorer in a real browser: JupyterLab + headless Chromium (Playwright).
+"""The explorers in a real browser: JupyterLab + headless Chromium (Playwright).
 
-A notebook that builds a ThresholdExplorer is written to a temporary folder,
-JupyterLab serves it, Chromium runs all cells, waits for the widget, moves
-the cellprob slider with the keyboard and checks, on the page, that the cell
-count changed and, on screenshots, that the displayed masks changed.
+A notebook that builds a ThresholdExplorer and a FlowExplorer is written to a
+temporary folder, JupyterLab serves it, Chromium runs all cells, waits for
+the widgets, moves the cellprob slider with the keyboard and checks, on the
+page, that the cell count changed and, on screenshots, that the displayed
+masks changed; then it clicks on a cell in the flow explorer's figure and
+checks that the picked pixel (the row and column sliders) became the clicked
+one and that the figure changed (clicks travel through ipyevents).
 
 Needs the ``playwright`` Python package and a Chromium binary (Debian's
 ``chromium``; Playwright's own browser download is not used).  Skipped when
@@ -68,6 +71,18 @@ explorer = ThresholdExplorer(sample.image, masks_to_flows(truth), cellprob, trut
 explorer
 """
 
+FLOW_CODE = """\
+from cellpose_nb.widgets import FlowExplorer
+
+flows_explorer = FlowExplorer(sample.image, labels=truth)
+target = tuple(int(v) for v in np.argwhere(truth == 5)[10])
+x, y = flows_explorer.view_position(*target, panel=1)  # on the flow panel
+fig = flows_explorer._fig
+w, h = fig.get_figwidth() * 80, fig.get_figheight() * 80
+print(f"CLICK {x / w:.6f} {y / h:.6f} {target[0]} {target[1]}")
+flows_explorer
+"""
+
 
 def _missing(message):
     if IN_CI:
@@ -112,7 +127,7 @@ def _write_notebook(folder):
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_CODE)]
+    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_CODE), nbformat.v4.new_code_cell(FLOW_CODE)]
     path = folder / "explorer.ipynb"
     nbformat.write(nb, path)
     return path.name
@@ -195,7 +210,7 @@ def _count(text):
     return int(m.group(1))
 
 
-def test_threshold_explorer_in_jupyterlab(chromium, jupyter_lab, tmp_path):
+def test_explorers_in_jupyterlab(chromium, jupyter_lab, tmp_path):
     from PIL import Image
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
@@ -268,6 +283,30 @@ def test_threshold_explorer_in_jupyterlab(chromium, jupyter_lab, tmp_path):
             page.wait_for_timeout(300)  # let the new image paint
             text_after = status.inner_text()
             view.screenshot(path=tmp_path / "after.png")
+
+            # the flow explorer: click on a pixel of cell 5 in the flow panel
+            flows_view = page.locator("img.cellpose-nb-flows")
+            flows_view.scroll_into_view_if_needed(timeout=WIDGET_RENDER_S * 1000)
+            page.wait_for_function("() => { const i = document.querySelector('img.cellpose-nb-flows');"
+                                   " return i && i.complete && i.naturalWidth > 0; }")
+            line = page.locator("[data-mime-type='application/vnd.jupyter.stdout']", has_text="CLICK").inner_text()
+            fx, fy, row, col = line.split("CLICK")[1].split()
+            flows_src = flows_view.get_attribute("src")
+            flows_view.screenshot(path=tmp_path / "flows_before.png")
+            box = flows_view.bounding_box()
+            page.mouse.click(box["x"] + float(fx) * box["width"], box["y"] + float(fy) * box["height"])
+            page.wait_for_function(
+                "want => ['row', 'col'].every((k, i) => parseInt(document.querySelector("
+                "`.cellpose-nb-${k} .widget-readout`).textContent) === want[i])",
+                arg=[int(row), int(col)], timeout=WIDGET_RENDER_S * 1000,
+            )
+            page.wait_for_function(
+                "before => { const i = document.querySelector('img.cellpose-nb-flows');"
+                " return i.getAttribute('src') !== before && i.complete && i.naturalWidth > 0; }",
+                arg=flows_src,
+            )
+            page.wait_for_timeout(300)
+            flows_view.screenshot(path=tmp_path / "flows_after.png")
             page.screenshot(path=tmp_path / "page.png")
         except Exception:
             page.screenshot(path=tmp_path / "failure.png")  # what the page showed, for debugging
@@ -281,3 +320,8 @@ def test_threshold_explorer_in_jupyterlab(chromium, jupyter_lab, tmp_path):
     assert before.shape == after.shape and before.shape[0] >= 256
     changed = (np.abs(after - before).max(axis=-1) > 0).mean()
     assert changed > 0.005, f"only {changed:.4%} of the view's pixels changed (see {tmp_path})"
+    before = np.asarray(Image.open(tmp_path / "flows_before.png").convert("RGB"), dtype=np.int16)
+    after = np.asarray(Image.open(tmp_path / "flows_after.png").convert("RGB"), dtype=np.int16)
+    assert before.shape == after.shape
+    changed = (np.abs(after - before).max(axis=-1) > 0).mean()
+    assert changed > 0.002, f"only {changed:.4%} of the flow view's pixels changed (see {tmp_path})"

@@ -5,6 +5,7 @@ end, which is exactly what a slider move does in Jupyter.  The real-browser
 test is tests/test_browser.py.
 """
 
+import io
 import sys
 import types
 
@@ -15,6 +16,7 @@ matplotlib.use("Agg")  # tests only
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from cellpose_nb import widgets  # noqa: E402
@@ -233,6 +235,57 @@ def test_flow_explorer_trajectory_ends_at_the_cell_centre(sample):
     assert np.hypot(*(ex.trajectory[-1] - np.array(ex.center_of(3)))) < 2.0
     ex.controls["arrows"].value = True
     assert ex.arrows and ex._artists["quiver"].get_visible()
+
+
+def _view_point(ex, panel, row, col):
+    return ex.view_position(row, col, panel)
+
+
+def test_flow_explorer_click_picks_the_pixel_under_it(sample):
+    ex = FlowExplorer(sample.image, labels=sample.labels)
+    ex.widget
+    assert ex._click is not None  # ipyevents is installed: clicks reach Python
+    assert ex._click.source is ex.view and "click" in ex._click.watched_events
+    png = Image.open(io.BytesIO(ex.view.value))
+    assert png.size == (round(ex._fig.get_figwidth() * widgets.VIEW_DPI),
+                        round(ex._fig.get_figheight() * widgets.VIEW_DPI))
+    r, c = (int(v) for v in np.argwhere(sample.labels == 3)[5])
+    x, y = _view_point(ex, 0, r, c)
+    view = ex.view.value
+    ex._on_click({"type": "click", "dataX": x + 0.2, "dataY": y - 0.3})  # within the pixel
+    assert ex.pixel == (r, c) and ex.cell == 3
+    assert ex.controls["cell"].value == 3 and (ex.controls["row"].value, ex.controls["col"].value) == (r, c)
+    assert np.hypot(*(ex.trajectory[-1] - np.array(ex.center_of(3)))) < 2.0
+    assert ex.view.value != view
+    # independent of the coordinate mapping: the drawn start of the path (a yellow
+    # dot) is where view_position says the pixel is, on every panel
+    rgb = np.asarray(Image.open(io.BytesIO(ex.view.value)).convert("RGB"), dtype=int)
+    for panel in range(3):
+        px, py = (int(round(v)) for v in _view_point(ex, panel, r, c))
+        red, green, blue = rgb[py, px]
+        assert red > 180 and green > 180 and blue < 110, (panel, rgb[py, px])
+    # the same pixel on the flow panel; then one in the close-up (zoomed on cell 3)
+    ex.pick_pixel(0, 0)
+    assert ex.pick_at(*_view_point(ex, 1, r, c)) == (r, c)
+    r2, c2 = (int(v) for v in np.argwhere(sample.labels == 3)[-1])
+    assert ex.pick_at(*_view_point(ex, 2, r2, c2)) == (r2, c2) and ex.cell == 3
+    # background pixel: traced, no cell; outside every panel: nothing changes
+    rb, cb = (int(v) for v in np.argwhere(sample.labels == 0)[0])
+    assert ex.pick_at(*_view_point(ex, 0, rb, cb)) == (rb, cb) and ex.cell == 0
+    state = (ex.pixel, ex.cell, ex.view.value)
+    assert ex.pick_at(1, 1) is None
+    ex._on_click({"type": "click"})  # no position: ignored
+    assert (ex.pixel, ex.cell, ex.view.value) == state
+
+
+def test_flow_explorer_without_ipyevents_keeps_the_controls(sample, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipyevents", None)
+    ex = FlowExplorer(sample.image, labels=sample.labels)
+    ex.widget
+    assert ex._click is None
+    assert any("pip install ipyevents" in getattr(ch, "value", "") for ch in ex.widget.children)
+    r, c = (int(v) for v in np.argwhere(sample.labels == 2)[0])
+    assert ex.pick_at(*_view_point(ex, 0, r, c)) == (r, c)  # pick_at itself still works
 
 
 def test_flow_explorer_from_a_prediction(sample, prediction):
