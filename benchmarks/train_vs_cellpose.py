@@ -13,17 +13,23 @@ epoch per implementation comes first (numba JIT, thread pools, allocators);
 then ``--repeats`` timed calls per implementation, interleaved, and the
 fastest of each is reported (the machine may be shared: the spread is printed).
 
+``--amp``: our side trains under bfloat16 autocast on the CPU
+(``TrainConfig(amp=True)``; weights, loss and optimizer stay float32);
+cellpose has no CPU mixed precision and stays float32.  Only faster on CPUs
+with bfloat16 units (Intel AMX, AVX512-BF16).
+
 Data: synthetic nuclei (``make_synthetic``, kind="nuclei", diameter 17),
 or ``--dsb`` for the first DSB2018 fluorescence images cropped to 256 x 256.
 
     python benchmarks/train_vs_cellpose.py [--images 16] [--epochs 2] [--threads 2] \\
-        [--repeats 3] [--dsb] [--crop 224] [--features 32 64 128 256]
+        [--repeats 3] [--dsb] [--crop 224] [--features 32 64 128 256] [--amp]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import logging
 import tempfile
@@ -61,7 +67,7 @@ def make_data(n, dsb):
     return prepare_images(images), labels
 
 
-def run_ours(images, labels, n_epochs, features, crop):
+def run_ours(images, labels, n_epochs, features, crop, amp=False):
     from cellpose_nb.model import CellposeUNet, ModelConfig
     from cellpose_nb.train import TrainConfig, train
 
@@ -69,7 +75,7 @@ def run_ours(images, labels, n_epochs, features, crop):
     net = CellposeUNet(ModelConfig(features=features, diam_mean=DIAMETER))
     config = TrainConfig(n_epochs=n_epochs, batch_size=BATCH_SIZE, crop_size=crop,
                          learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-                         optimizer="adamw", device="cpu", min_train_masks=1)
+                         optimizer="adamw", device="cpu", min_train_masks=1, amp=amp)
     t0 = time.perf_counter()
     res = train(net, images, labels, config=config, progress=False)
     return time.perf_counter() - t0, [h["train_loss"] for h in res.history]
@@ -117,6 +123,7 @@ def main(argv=None):
     parser.add_argument("--dsb", action="store_true", help="DSB2018 fluorescence crops")
     parser.add_argument("--crop", type=int, default=CROP, help="side of the training crops")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
+    parser.add_argument("--amp", action="store_true", help="ours in bfloat16 autocast (CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     features = tuple(args.features)
@@ -124,8 +131,9 @@ def main(argv=None):
     n = len(images) * args.epochs
     print(f"{len(images)} images {SIZE}x{SIZE} ({'DSB2018' if args.dsb else 'synthetic'}), "
           f"{args.epochs} epochs, batch {BATCH_SIZE}, crops {args.crop}, features {features}, "
-          f"CPU, {torch.get_num_threads()} threads")
-    impls = {"cellpose_nb": run_ours, "cellpose": run_cellpose}
+          f"CPU, {torch.get_num_threads()} threads"
+          + (", ours in bfloat16 autocast" if args.amp else ""))
+    impls = {"cellpose_nb": functools.partial(run_ours, amp=args.amp), "cellpose": run_cellpose}
     runs = {name: [] for name in impls}
     with contextlib.redirect_stderr(io.StringIO()):  # Cellpose's tqdm bars
         for run in impls.values():

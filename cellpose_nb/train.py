@@ -102,6 +102,12 @@ CELLPROB_GRID = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 FLOW_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 AP_IOU = 0.5  # IoU threshold of the validation AP
 MIN_SIZE = 15  # compute_masks' default minimum mask size
+#: ``TrainConfig(amp=True)``: the autocast dtype per device type.  On the CPU,
+#: bfloat16 convolutions are fast only where the CPU has bfloat16 units (Intel
+#: AMX / AVX512-BF16: 1.7-2.4x per step measured on a Xeon with AMX, see
+#: benchmarks/train_vs_cellpose.py --amp); elsewhere they can be slower.  The
+#: weights, the loss and the optimizer stay float32.  No autocast on mps.
+AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 # config fields that may differ between a run and its resumption
 _RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp"})
 _OPTIMIZERS = ("adamw", "sgd")
@@ -135,7 +141,7 @@ class TrainConfig:
     min_train_masks: int = 5  # drop training images with fewer objects (Cellpose: 5)
     seed: int = 0  # seeds the data order and the augmentations
     device: str | None = None  # None: cuda -> mps -> cpu
-    amp: bool = False  # float16 mixed precision, used on cuda only
+    amp: bool = False  # mixed precision: float16 on cuda, bfloat16 on the CPU (see AMP_DTYPES)
     val_every: int = 10  # validate every this many epochs (and after the last)
     save_every: int = 5  # checkpoint every this many epochs (and after the last)
     num_threads: int | None = None  # torch.set_num_threads during training; None: unchanged
@@ -466,8 +472,10 @@ class _Run:
     def __init__(self, model, config, images, labels, flows, rescale, device):
         self.model, self.config, self.device = model, config, device
         self.images, self.labels, self.flows, self.rescale = images, labels, flows, rescale
-        self.use_amp = config.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.amp_dtype = AMP_DTYPES.get(device.type) if config.amp else None
+        self.use_amp = self.amp_dtype is not None
+        # float16 needs loss scaling (small gradients underflow); bfloat16 has float32's range
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate,
                                              momentum=config.momentum,
@@ -491,7 +499,8 @@ class _Run:
         return x, f, m
 
     def loss(self, x, f, m):
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float16,
+                            enabled=self.use_amp):
             y = self.model(x)[0]
         return segmentation_loss(y.float(), f, m)
 

@@ -206,7 +206,9 @@ class FlowExplorer:
     (angle -> hue; optional arrows) and a close-up of the picked cell with
     its arrows.  Picking a pixel traces its path through the field
     (:func:`cellpose_nb.masks.trace_points`) to its fixed point, drawn on
-    every panel.
+    every panel.  In the widget, click a pixel on any panel (with
+    ``ipyevents``; :meth:`pick_at`), or pick a cell from the list or a pixel
+    with the row and column sliders.
 
     Give either ``labels`` (the true flows are computed once, with
     :func:`cellpose_nb.flows.masks_to_flows`) or a prediction: ``flows``

@@ -6,6 +6,7 @@ import tifffile
 
 from cellpose_nb.cli import main
 from cellpose_nb.data import make_synthetic, read_labels
+from cellpose_nb.metrics import average_precision
 
 
 def test_demo_writes_figure_and_refuses_to_overwrite(tmp_path, capsys):
@@ -92,6 +93,21 @@ def test_segment_reports_bad_files_skips_done_ones_and_never_overwrites(tmp_path
     assert (out / "a_rois.zip").exists()
 
 
+def test_segment_in_bfloat16_finds_the_same_nuclei(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    s = make_synthetic((160, 160), n_cells=14, diameter=17, kind="nuclei", seed=3)
+    tifffile.imwrite(src / "a.tif", s.image.astype(np.float32))
+    masks = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        assert main(["segment", str(src), "--out", str(out), "--diameter", "17", "--formats",
+                     "masks", "--precision", precision]) == 0
+        masks[precision] = tifffile.imread(out / "a_masks.tif")
+    assert masks["float32"].max() >= 10
+    assert average_precision(masks["float32"], masks["bfloat16"], thresholds=[0.5])[0] >= 0.9
+
+
 def test_train_with_a_validation_list_saves_the_input_recipe(tmp_path, capsys):
     import json
 
@@ -106,12 +122,12 @@ def test_train_with_a_validation_list_saves_the_input_recipe(tmp_path, capsys):
     args = ["train", str(data), "--out", str(tmp_path / "run"), "--features", "8", "16",
             "--diam-mean", "14", "--epochs", "1", "--crop-size", "64", "--invert", "auto",
             "--val-list", str(val_list), "--size-passes", "1", "--size-crop", "64",
-            "--threads", "1", "--images-per-epoch", "8"]
+            "--threads", "1", "--images-per-epoch", "8", "--amp"]
     assert main(args) == 0
     folder = tmp_path / "run" / "model"
     record = json.loads((folder / "training.json").read_text())
     assert sorted(record["val_names"]) == ["s1", "s3"] and record["n_train"] == 3
-    assert record["config"]["n_images_per_epoch"] == 8
+    assert record["config"]["n_images_per_epoch"] == 8 and record["config"]["amp"] is True
     assert json.loads((folder / "input.json").read_text()) == {"channels": [0, None],
                                                                "invert": "auto"}
     val_list.write_text("s1\nnot_there\n")

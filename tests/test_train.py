@@ -147,6 +147,23 @@ def test_resume_equals_an_uninterrupted_run(trained, tiny_data, tmp_path):
                 resume=True, **kw)
 
 
+def test_amp_on_the_cpu_trains_in_bfloat16(trained, tiny_data):
+    images, labels = tiny_data
+    net = tiny_net()
+    seen = []
+    net.encoder[0].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype)
+                                      if mod.training else None)
+    res = T.train(net, images[:6], labels[:6], config=tiny_config(amp=True, val_every=3),
+                  val_images=images[6:], val_labels=labels[6:], progress=False)
+    assert seen and set(seen) == {torch.bfloat16}  # the convolutions ran in bfloat16
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())  # weights stay float32
+    amp_losses = [h["train_loss"] for h in res.history]
+    fp32_losses = [h["train_loss"] for h in trained.history]
+    assert np.all(np.isfinite(amp_losses)) and amp_losses[-1] < amp_losses[0]
+    assert amp_losses != fp32_losses  # autocast changed the numbers ...
+    assert amp_losses == pytest.approx(fp32_losses, rel=0.05)  # ... by little
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_data, monkeypatch):
     images, labels = tiny_data
     monkeypatch.setattr(T, "segmentation_loss",
