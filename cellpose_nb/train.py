@@ -651,6 +651,9 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
                          f"{model.config.diam_mean}; build the model with "
                          f"ModelConfig(diam_mean={config.diam_mean})")
     digest = data_hash(images, labels)
+    # a model that was trained before (fine-tuning, or training in stages): keep its
+    # record inside the new one, so that the whole lineage travels with the weights
+    previous_record = getattr(model, "training_record", None)
     names = list(train_names) if train_names is not None else None
     images, labels, names, kept = _drop_sparse(images, labels, names, config.min_train_masks)
 
@@ -719,6 +722,8 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
             "kept_train_indices": kept, "diam_labels": model.diam_labels,
             "epochs_done": state["epoch"], "completed": completed, "device": str(device),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if previous_record:
+            record["pretrained"] = previous_record
         model.training_record = record
         model_io.save(model, out / MODEL_DIR, training_record=record,
                       thresholds=model.thresholds, overwrite=True)

@@ -147,6 +147,20 @@ def test_resume_equals_an_uninterrupted_run(trained, tiny_data, tmp_path):
                 resume=True, **kw)
 
 
+def test_training_from_a_trained_model_keeps_its_record(trained, tiny_data, tmp_path):
+    import copy
+
+    images, labels = tiny_data
+    net = copy.deepcopy(trained.model)
+    T.train(net, images[:6], labels[:6], config=tiny_config(n_epochs=1), out_dir=tmp_path,
+            progress=False, command=["pytest", "stage 2"])
+    record = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert record["command"] == ["pytest", "stage 2"] and len(record["history"]) == 1
+    assert record["pretrained"]["command"] == ["pytest", "tiny"]  # the first stage, whole
+    assert record["pretrained"]["history"] == json.loads(json.dumps(trained.history))
+    assert "pretrained" not in record["pretrained"]
+
+
 def test_amp_on_the_cpu_trains_in_bfloat16(trained, tiny_data):
     images, labels = tiny_data
     net = tiny_net()
