@@ -369,7 +369,9 @@ class FlowExplorer:
         scripted clicks)."""
         fig, axes = self._view_figure()
         fx, fy = fig.transFigure.inverted().transform(axes[panel].transData.transform((col, row)))
-        return float(fx * fig.get_figwidth() * VIEW_DPI), float((1.0 - fy) * fig.get_figheight() * VIEW_DPI)
+        x = fx * fig.get_figwidth() * VIEW_DPI
+        y = (1.0 - fy) * fig.get_figheight() * VIEW_DPI
+        return float(x), float(y)
 
     def _view_figure(self):
         """The widget's figure and axes, laid out (built with the widget)."""
