@@ -72,13 +72,13 @@ explorer
 """
 
 FLOW_CODE = """\
-from cellpose_nb.widgets import FlowExplorer
+from cellpose_nb.widgets import VIEW_DPI, FlowExplorer
 
 flows_explorer = FlowExplorer(sample.image, labels=truth)
 target = tuple(int(v) for v in np.argwhere(truth == 5)[10])
 x, y = flows_explorer.view_position(*target, panel=1)  # on the flow panel
 fig = flows_explorer._fig
-w, h = fig.get_figwidth() * 80, fig.get_figheight() * 80
+w, h = fig.get_figwidth() * VIEW_DPI, fig.get_figheight() * VIEW_DPI
 print(f"CLICK {x / w:.6f} {y / h:.6f} {target[0]} {target[1]}")
 flows_explorer
 """
