@@ -6,6 +6,7 @@ without importing torch.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 import time
@@ -83,9 +84,10 @@ def add_commands(sub):
     tr.add_argument("--val-fraction", type=float, default=0.1)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default=None)
-    tr.add_argument("--amp", action="store_true",
-                    help="mixed precision: float16 on cuda, bfloat16 on the CPU (fast only on "
-                         "CPUs with bfloat16 units, e.g. Intel AMX)")
+    tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="mixed precision: float16 on cuda (the default there), bfloat16 on the "
+                         "CPU (only with --amp; fast only on CPUs with bfloat16 units, e.g. "
+                         "Intel AMX); --no-amp: float32 everywhere")
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     tr.add_argument("--pretrained", default=None, help="start from this model (fine-tuning)")
     tr.set_defaults(func=_train)

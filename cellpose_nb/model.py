@@ -50,6 +50,7 @@ __all__ = [
     "CellposeUNet",
     "OUTPUT_CHANNELS",
     "resolve_device",
+    "fast_layout",
     "count_parameters",
     "feature_map_shapes",
     "save",
@@ -395,6 +396,26 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but torch.backends.mps.is_available() is False")
     return device
+
+
+def fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory layout in which the network runs fastest on its device.
+
+    On the CPU and on cuda that is channels-last (NHWC): oneDNN's and cuDNN's
+    convolutions then need no reordering, and the layout propagates through
+    the whole network (weights stay as they are).  On the CPU this made one
+    training step of the default network on 8 tiles of 224 x 224 about 1.6-1.8x
+    faster and inference 1.2-1.5x faster (``benchmarks/``); values are equal to
+    float32 rounding.  Other devices get ``x`` unchanged.
+
+    Examples
+    --------
+    >>> fast_layout(torch.zeros(2, 2, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    True
+    """
+    if x.ndim == 4 and x.device.type in ("cpu", "cuda"):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:

@@ -65,6 +65,7 @@ from cellpose_nb.predict import n_iter_for, predict_flows
 
 __all__ = [
     "TrainConfig",
+    "amp_dtype",
     "TrainResult",
     "SizeModel",
     "DiameterEstimate",
@@ -106,9 +107,12 @@ MIN_SIZE = 15  # compute_masks' default minimum mask size
 #: bfloat16 convolutions are fast only where the CPU has bfloat16 units (Intel
 #: AMX / AVX512-BF16; on a Xeon with AMX, benchmarks/train_vs_cellpose.py --amp
 #: measured 1.5x the float32 throughput for widths 16-128 at 112 px crops and
-#: 2.4x for 32-256 at 224 px); elsewhere they can be slower.  The
+#: 2.4x for 32-256 at 224 px); elsewhere they can be slower, so the CPU uses
+#: them only when asked (``amp=True``), cuda by default (``amp=None``).  The
 #: weights, the loss and the optimizer stay float32.  No autocast on mps.
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
+#: Device types with mixed precision under ``TrainConfig(amp=None)``.
+AMP_BY_DEFAULT = frozenset({"cuda"})
 # config fields that may differ between a run and its resumption
 _RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp"})
 _OPTIMIZERS = ("adamw", "sgd")
@@ -142,7 +146,7 @@ class TrainConfig:
     min_train_masks: int = 5  # drop training images with fewer objects (Cellpose: 5)
     seed: int = 0  # seeds the data order and the augmentations
     device: str | None = None  # None: cuda -> mps -> cpu
-    amp: bool = False  # mixed precision: float16 on cuda, bfloat16 on the CPU (see AMP_DTYPES)
+    amp: bool | None = None  # mixed precision (AMP_DTYPES); None: on cuda only, True: also bfloat16 on the CPU
     val_every: int = 10  # validate every this many epochs (and after the last)
     save_every: int = 5  # checkpoint every this many epochs (and after the last)
     num_threads: int | None = None  # torch.set_num_threads during training; None: unchanged
@@ -467,13 +471,27 @@ def _jsonable(value):
 
 
 # --- the training loop ---------------------------------------------------------------
+def amp_dtype(config: TrainConfig, device_type: str):
+    """The autocast dtype a training run uses on ``device_type``, None for float32.
+
+    Examples
+    --------
+    >>> amp_dtype(TrainConfig(), "cpu"), amp_dtype(TrainConfig(), "cuda")
+    (None, torch.float16)
+    >>> amp_dtype(TrainConfig(amp=True), "cpu"), amp_dtype(TrainConfig(amp=False), "cuda")
+    (torch.bfloat16, None)
+    """
+    amp = device_type in AMP_BY_DEFAULT if config.amp is None else bool(config.amp)
+    return AMP_DTYPES.get(device_type) if amp else None
+
+
 class _Run:
     """Everything one call of :func:`train` works with (kept out of the public API)."""
 
     def __init__(self, model, config, images, labels, flows, rescale, device):
         self.model, self.config, self.device = model, config, device
         self.images, self.labels, self.flows, self.rescale = images, labels, flows, rescale
-        self.amp_dtype = AMP_DTYPES.get(device.type) if config.amp else None
+        self.amp_dtype = amp_dtype(config, device.type)
         self.use_amp = self.amp_dtype is not None
         # float16 needs loss scaling (small gradients underflow); bfloat16 has float32's range
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -494,7 +512,7 @@ class _Run:
         crops = [random_transform(images[i], labels[i], flows=flows[i], rng=rng, out_size=size,
                                   scale_range=self.config.scale_range, rescale=rescale[i])
                  for i in indices]
-        x = torch.from_numpy(np.stack([c.image for c in crops])).to(self.device)
+        x = model_io.fast_layout(torch.from_numpy(np.stack([c.image for c in crops])).to(self.device))
         f = torch.from_numpy(np.stack([c.flows for c in crops])).to(self.device)
         m = torch.from_numpy(np.stack([c.labels > 0 for c in crops])).to(self.device)
         return x, f, m
@@ -849,7 +867,7 @@ def _size_samples(model, images, labels, *, n_passes, crop_size, scale_range, ba
             idx = order[begin:begin + batch_size]
             crops = [random_transform(images[i], labels[i], rng=rng, out_size=size,
                                       scale_range=scale_range) for i in idx]
-            x = torch.from_numpy(np.stack([c.image for c in crops])).to(device)
+            x = model_io.fast_layout(torch.from_numpy(np.stack([c.image for c in crops])).to(device))
             styles.append(model(x)[1].float().cpu().numpy())
             targets.extend(np.log(diams[i] * c.scale / diam_mean) for i, c in zip(idx, crops))
     model.train(was_training)

@@ -373,6 +373,44 @@ assert not one[1].any()  # zeros where there is no nuclear stain
 print("cyto + nuclei:", two.shape, "| one channel:", one.shape, "second channel all zeros:", not one[1].any())
 
 # %% [markdown]
+# ### Sparse fields
+#
+# Percentile normalisation assumes that the objects cover more than 1 % of
+# the image. In a large dark field with two nuclei (0.3 % of the pixels) the
+# 99th percentile is **background**: the nuclei come out tens of times
+# brighter than 1, far outside anything the network saw in training, and a
+# trained model finds nothing (this happens to a few DSB2018 images). The
+# package recognises such a channel by its 99.9th percentile lying more than
+# `SPARSE_RATIO` (5) times the 1st-99th range above the 1st percentile, and then
+# maps the 99.9th percentile to 1 instead (`normalize.upper_percentile`).
+# By hand:
+
+# %%
+rng_sparse = np.random.default_rng(SEED)
+sparse = rng_sparse.normal(12.0, 1.5, (256, 256))  # dim noisy background
+yy, xx = np.mgrid[:256, :256]
+two_nuclei = ((yy - 70) ** 2 + (xx - 80) ** 2 <= 40) | ((yy - 180) ** 2 + (xx - 170) ** 2 <= 40)
+sparse[two_nuclei] = 190.0
+p1, p99, p999 = np.percentile(sparse, [LOW, HIGH, 99.9])
+fixed = (sparse - p1) / (p99 - p1)
+is_sparse = (p999 - p1) > normalize.SPARSE_RATIO * (p99 - p1)
+by_hand = (sparse - p1) / (p999 - p1) if is_sparse else fixed
+print(f"nuclei cover {two_nuclei.mean():.2%}; fixed 1-99 percentiles put them at {np.median(fixed[two_nuclei]):.1f}, "
+      f"the sparse rule ({is_sparse}) at {np.median(by_hand[two_nuclei]):.2f}")
+package_sparse = normalize.to_network_input(sparse)[0]
+assert is_sparse and normalize.upper_percentile(sparse) == 99.9
+assert np.allclose(package_sparse, by_hand, atol=1e-4)
+assert np.allclose(normalize.to_network_input(sparse, sparse_aware=False)[0], fixed, atol=1e-4)
+assert normalize.upper_percentile(image[..., 0]) == HIGH  # our dense field keeps the 99th percentile
+
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+for ax, (title, v) in zip(axes, (("fixed 1st-99th percentiles", fixed), ("sparse-aware (99.9th)", package_sparse))):
+    ax.hist(v.ravel(), bins=N_BINS, log=True)
+    ax.axvline(1.0, color="k", ls="--")
+    ax.set_title(f"{title}: nuclei at {np.median(v[two_nuclei]):.1f}", fontsize=9)
+show(fig)
+
+# %% [markdown]
 # Images where the objects are **dark on a light background** (H&E histology,
 # many brightfield images) are inverted, so that objects are bright as in
 # fluorescence, which is what the network was trained on. For RGB histology:
@@ -424,6 +462,10 @@ show(fig)
 # - **Saturation.** If more than 1 % of the pixels are saturated, the 99th
 #   percentile is the saturation value and the brightest cells become flat
 #   plateaus. Adjust `high` (e.g. 99.8) or fix the acquisition.
+# - **Sparse fields.** When the objects cover less than about 1 % of the
+#   field, `to_network_input` normalises to the 99.9th percentile instead of
+#   the 99th (`sparse_aware=True`, the default); `sparse_aware=False` is
+#   Cellpose's fixed 1st-99th normalisation.
 # - **Constant channels** become zeros, and NaN or inf pixels raise an error in
 #   `normalize_percentile`: mask or fill them first.
 # - **Channels.** The Cellpose GUI and CLI speak of channels as

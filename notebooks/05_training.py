@@ -267,8 +267,11 @@ for n in (500, 200, 100):
     rates = learning_rate_schedule(TrainConfig(n_epochs=n, learning_rate=LEARNING_RATE))
     assert np.allclose(rates, schedule_by_hand(n, LEARNING_RATE))
     ax.plot(np.arange(1, n + 1), rates, label=f"n_epochs={n}")
+# amp=False: float32 everywhere, so that the hand-written loop of section 5 gives the same losses
+# (the default, amp=None, would train in float16 mixed precision on a GPU)
 config = TrainConfig(n_epochs=N_EPOCHS, batch_size=BATCH, crop_size=CROP, learning_rate=LEARNING_RATE,
-                     warmup_epochs=WARMUP, val_every=VAL_EVERY, seed=SEED, device=DEVICE, num_threads=THREADS)
+                     warmup_epochs=WARMUP, val_every=VAL_EVERY, seed=SEED, device=DEVICE, num_threads=THREADS,
+                     amp=False)
 rates = learning_rate_schedule(config)
 assert np.allclose(rates, schedule_by_hand(N_EPOCHS, LEARNING_RATE, warmup=WARMUP))
 ax.plot(np.arange(1, N_EPOCHS + 1), rates, "k.-", label=f"this notebook ({N_EPOCHS} epochs)")
@@ -402,6 +405,7 @@ for epoch in range(HAND_EPOCHS):
                                   out_size=(CROP, CROP), scale_range=config.scale_range, rescale=rescale[i])
                  for i in idx]
         x = torch.from_numpy(np.stack([c.image for c in crops])).to(device)
+        x = model.fast_layout(x)  # channels-last memory (same values; faster convolutions on CPU and cuda)
         f = torch.from_numpy(np.stack([c.flows for c in crops])).to(device)
         m = torch.from_numpy(np.stack([c.labels > 0 for c in crops])).to(device)
         loss = segmentation_loss(net(x)[0], f, m)
@@ -626,8 +630,11 @@ assert np.isfinite(guess) and guess >= 5
 # ## In practice
 #
 # - **Device.** `TrainConfig(device=None)` picks CUDA, then MPS, then the CPU,
-#   when `train` is called. On a GPU `amp=True` (float16 mixed precision)
-#   saves memory and usually time. On a CPU train small networks on small
+#   when `train` is called. On a GPU, float16 mixed precision is on by
+#   default (`amp=None`; `amp=False` turns it off): it saves memory and
+#   usually time. On a CPU with bfloat16 units (Intel AMX, recent Xeons)
+#   `amp=True` trains in bfloat16 and was 1.5-3.8x faster here; on other
+#   CPUs it can be slower. On a CPU train small networks on small
 #   crops, and set `num_threads` when other jobs share the machine (too many
 #   threads fighting over few cores can make every step many times slower).
 # - **Cellpose's recipe** is 500 epochs, batches of 8 crops of 224 x 224,

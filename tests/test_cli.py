@@ -133,3 +133,21 @@ def test_train_with_a_validation_list_saves_the_input_recipe(tmp_path, capsys):
     val_list.write_text("s1\nnot_there\n")
     assert main(args[:2] + ["--out", str(tmp_path / "run2")] + args[4:]) == 2
     assert "not_there" in capsys.readouterr().err
+
+
+def test_train_amp_flag_defaults_to_the_device_rule():
+    """No flag: None (mixed precision on cuda only); --amp / --no-amp force it on / off."""
+    import torch
+
+    from cellpose_nb.cli import build_parser
+    from cellpose_nb.train import TrainConfig, amp_dtype
+
+    parse = build_parser().parse_args
+    assert parse(["train", "f", "--out", "o"]).amp is None
+    assert parse(["train", "f", "--out", "o", "--amp"]).amp is True
+    assert parse(["train", "f", "--out", "o", "--no-amp"]).amp is False
+    assert amp_dtype(TrainConfig(amp=None), "cuda") == torch.float16
+    assert amp_dtype(TrainConfig(amp=None), "cpu") is None
+    assert amp_dtype(TrainConfig(amp=None), "mps") is None
+    assert amp_dtype(TrainConfig(amp=False), "cuda") is None
+    assert amp_dtype(TrainConfig(amp=True), "cpu") == torch.bfloat16

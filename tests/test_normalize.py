@@ -98,3 +98,46 @@ def test_invert_auto_follows_the_background():
     # 'gray' on a grayscale image is the image itself
     np.testing.assert_array_equal(to_network_input(fluo, channels=("gray", None)),
                                   to_network_input(fluo))
+
+
+def _sparse_field(seed=0, n_spots=2, size=256):
+    """Dim noisy background with ``n_spots`` bright 7-pixel discs (< 0.5 % of the field)."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(12.0, 1.5, (size, size))
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(n_spots):
+        cy, cx = 60 + 120 * k, 80 + 90 * k
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 12] = 190.0
+    return img, (yy - 60) ** 2 + (xx - 80) ** 2 <= 12
+
+
+def test_sparse_channel_is_normalised_to_its_999th_percentile():
+    from cellpose_nb.normalize import upper_percentile
+
+    img, spot = _sparse_field()
+    assert upper_percentile(img) == 99.9
+    plain = to_network_input(img, sparse_aware=False)[0]
+    aware = to_network_input(img)[0]
+    np.testing.assert_array_equal(plain, normalize_percentile(img))
+    # fixed 1-99 percentiles put the objects far above anything seen in training
+    assert plain[spot].mean() > 20
+    np.testing.assert_allclose(aware, normalize_percentile(img, high=99.9))
+    assert 0.5 < aware[spot].mean() < 1.5
+
+
+def test_dense_channels_keep_the_99th_percentile():
+    from cellpose_nb.normalize import upper_percentile
+
+    rng = np.random.default_rng(3)
+    for img in (rng.gamma(2.0, 100.0, (64, 80)), rng.random((50, 50)),
+                np.pad(np.full((40, 40), 200.0), 30) + rng.normal(10, 1, (100, 100))):
+        assert upper_percentile(img) == 99.0
+        np.testing.assert_array_equal(to_network_input(img)[0], to_network_input(img, sparse_aware=False)[0])
+
+
+def test_objects_on_an_exactly_flat_background_are_not_zeroed():
+    img = np.zeros((100, 100))
+    img[:5, :5] = 1.0  # 0.25 % of the field; the 1st and 99th percentiles are both 0
+    assert np.all(to_network_input(img, sparse_aware=False)[0] == 0)
+    aware = to_network_input(img)[0]
+    assert aware[:5, :5].min() == 1.0 and aware[10:, 10:].max() == 0.0

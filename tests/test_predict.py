@@ -326,3 +326,26 @@ def test_default_batch_size_is_small_on_the_cpu(net, monkeypatch):
     finally:
         hook.remove()
     np.testing.assert_allclose(default.y, eight.y, atol=1e-5)  # same numbers either way
+
+
+def test_shipped_model_finds_the_nuclei_of_a_sparse_field():
+    """Two nuclei cover 0.3 % of DSB image e5aeb5b3577abbeb: with the fixed 1st-99th
+    percentiles they come out ~45 times brighter than usual and the shipped model
+    finds nothing; the sparse-aware normalisation finds both."""
+    import tifffile
+
+    from conftest import _dsb_label_files
+    from cellpose_nb.model import load_pretrained
+
+    mask_file = next((f for f in _dsb_label_files() if f.name.startswith("e5aeb5b3577abbeb")), None)
+    if mask_file is None:
+        pytest.skip("DSB image e5aeb5b3577abbeb not in this data folder")
+    image = tifffile.imread(str(mask_file).replace("_masks", "_img"))
+    truth = tifffile.imread(mask_file)
+    model = load_pretrained("nuclei")
+    found = P.segment(image, model, diameter=11.0)
+    assert matching(truth, found.labels, thresholds=[0.5])[0].tp == truth.max() == 2
+    from cellpose_nb.normalize import to_network_input
+    plain = to_network_input(image, sparse_aware=False)
+    missed = P.segment(plain[0], model, diameter=11.0, normalize=False, invert=False)
+    assert matching(truth, missed.labels, thresholds=[0.5])[0].tp == 0
