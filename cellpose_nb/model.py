@@ -65,6 +65,7 @@ __all__ = [
     "cellpose_reference_model",
     "find_cellpose_weights",
     "download_weights",
+    "verify_cached",
     "cache_dir",
 ]
 
@@ -803,9 +804,50 @@ def _cellpose_dir() -> Path:
     return Path(env) if env else Path.home() / ".cellpose" / "models"
 
 
+def _sidecar(path: Path) -> Path:
+    """``<file>.sha256``: the digest of a downloaded file, written next to it."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_cached(path: str | os.PathLike, sha256: str | None = None) -> Path:
+    """Check a cached weight file against ``sha256``, else against its ``.sha256`` sidecar.
+
+    The sidecar is written by :func:`download_weights`, so a file that was
+    truncated or changed after its download is caught before it is loaded.
+    A file with neither (copied by hand) is accepted as it is.
+
+    Raises
+    ------
+    ValueError
+        The digest differs; the message names the file.  Nothing is deleted.
+    """
+    path = Path(path)
+    expected, source = sha256, "the published digest"
+    if expected is None and _sidecar(path).is_file():
+        expected = (_sidecar(path).read_text().split() or ["(empty)"])[0]
+        source = f"{_sidecar(path).name}, written when it was downloaded"
+    if expected is not None and _file_sha256(path) != expected.lower():
+        raise ValueError(f"{path} does not match {source} (sha256 {expected}): the file is "
+                         f"corrupt or was changed. Delete it (and {_sidecar(path).name}) to "
+                         "download it again")
+    return path
+
+
 def download_weights(url: str, path: str | os.PathLike, *, sha256: str | None = None,
-                     timeout: float = 60.0) -> Path:
+                     timeout: float = 60.0, progress: bool = True) -> Path:
     """Download ``url`` to ``path`` (via a ``.part`` file), checking SHA-256 if given.
+
+    The digest of what was downloaded is written to ``<path>.sha256``, which
+    :func:`verify_cached` checks each time the cached file is used.  A
+    progress bar (tqdm) shows the bytes received.
 
     Raises
     ------
@@ -814,15 +856,22 @@ def download_weights(url: str, path: str | os.PathLike, *, sha256: str | None = 
     ValueError
         The checksum differs; the file is not kept.
     """
+    from tqdm.auto import tqdm
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                f.write(chunk)
+            size = getattr(response, "headers", None)
+            size = int(size.get("Content-Length") or 0) if size is not None else 0
+            with tqdm(total=size or None, unit="B", unit_scale=True, leave=False,
+                      desc=f"downloading {path.name}", disable=not progress) as bar:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    f.write(chunk)
+                    bar.update(len(chunk))
     except OSError as err:  # URLError, HTTPError, timeouts are OSErrors
         part.unlink(missing_ok=True)
         raise ConnectionError(
@@ -834,6 +883,7 @@ def download_weights(url: str, path: str | os.PathLike, *, sha256: str | None = 
         raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got "
                          f"{digest.hexdigest()}; the download was discarded")
     part.replace(path)
+    _sidecar(path).write_text(f"{digest.hexdigest()}  {path.name}\n")
     return path
 
 
@@ -848,7 +898,7 @@ def find_cellpose_weights(name: str, *, download: bool = True) -> Path:
     filename = CELLPOSE_FILES[name]
     for folder in (cache_dir(), _cellpose_dir()):
         if (folder / filename).is_file():
-            return folder / filename
+            return verify_cached(folder / filename, KNOWN_SHA256.get(filename))
     target = cache_dir() / filename
     if not download:
         raise FileNotFoundError(f"Cellpose weights {name!r} not found in {cache_dir()} or "

@@ -351,3 +351,31 @@ def test_load_cellpose_weights_bad_input(tmp_path):
     (tmp_path / "junk").write_bytes(os.urandom(128))
     with pytest.raises(ValueError, match="not a readable model weights file"):
         M.load_cellpose_weights(tmp_path / "junk")
+
+
+def test_download_writes_a_digest_that_catches_later_corruption(isolated_cache, monkeypatch):
+    import hashlib
+
+    payload = _cellpose_file_bytes(_small_model(M.ModelConfig(features=(8, 16))))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(payload))
+    M.load_cellpose_weights("cyto2")
+    cached = isolated_cache / "cyto2torch_0"
+    sidecar = isolated_cache / "cyto2torch_0.sha256"
+    assert sidecar.read_text().split() == [hashlib.sha256(payload).hexdigest(), "cyto2torch_0"]
+    cached.write_bytes(payload[: len(payload) // 2])  # a truncated copy
+    with pytest.raises(ValueError, match=r"cyto2torch_0 does not match cyto2torch_0\.sha256.*Delete it"):
+        M.load_cellpose_weights("cyto2")
+    assert cached.exists() and sidecar.exists()  # nothing deleted behind the user's back
+    cached.unlink()
+    sidecar.unlink()
+    assert M.load_cellpose_weights("cyto2").config.diam_mean == 30.0  # downloaded again
+
+
+def test_a_copied_file_without_digest_is_accepted_and_a_known_digest_is_checked(isolated_cache, monkeypatch):
+    payload = _cellpose_file_bytes(_small_model(M.ModelConfig(features=(8, 16))))
+    isolated_cache.mkdir(parents=True)
+    (isolated_cache / "cyto3").write_bytes(payload)  # copied by hand: no sidecar
+    assert M.load_cellpose_weights("cyto3").config.diam_mean == 30.0
+    monkeypatch.setitem(M.KNOWN_SHA256, "cyto3", "f" * 64)
+    with pytest.raises(ValueError, match="published digest"):
+        M.load_cellpose_weights("cyto3")
