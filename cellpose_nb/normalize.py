@@ -115,7 +115,7 @@ def upper_percentile(channel, *, low=LOW_PERCENTILE, high=HIGH_PERCENTILE,
     lying more than ``ratio`` times the ``low``-``high`` range above the
     ``low`` percentile; it is then normalised to its ``sparse_high``
     percentile instead.  On the 581 DSB2018 training images this happens for
-    7 fluorescence images whose nuclei cover 0.3 to 0.9 % of the field.
+    7 fluorescence images whose nuclei cover 0.3 to 0.8 % of the field.
 
     Returns
     -------

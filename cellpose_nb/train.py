@@ -106,8 +106,8 @@ MIN_SIZE = 15  # compute_masks' default minimum mask size
 #: ``TrainConfig(amp=True)``: the autocast dtype per device type.  On the CPU,
 #: bfloat16 convolutions are fast only where the CPU has bfloat16 units (Intel
 #: AMX / AVX512-BF16; on a Xeon with AMX, benchmarks/train_vs_cellpose.py --amp
-#: measured 1.5x the float32 throughput for widths 16-128 at 112 px crops and
-#: 2.4x for 32-256 at 224 px); elsewhere they can be slower, so the CPU uses
+#: measured 1.5x cellpose's float32 throughput for widths 16-128 at 112 px
+#: crops and 2.4-3.8x for 32-256 at 224 px); elsewhere they can be slower, so the CPU uses
 #: them only when asked (``amp=True``), cuda by default (``amp=None``).  The
 #: weights, the loss and the optimizer stay float32.  No autocast on mps.
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}

@@ -101,7 +101,7 @@ def test_invert_auto_follows_the_background():
 
 
 def _sparse_field(seed=0, n_spots=2, size=256):
-    """Dim noisy background with ``n_spots`` bright 7-pixel discs (< 0.5 % of the field)."""
+    """Dim noisy background with ``n_spots`` bright discs of radius 3.5 px (< 0.5 % of the field)."""
     rng = np.random.default_rng(seed)
     img = rng.normal(12.0, 1.5, (size, size))
     yy, xx = np.mgrid[:size, :size]
