@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.masks import N_ITER, compute_masks
-from cellpose_nb.model import fast_layout, resolve_device
+from cellpose_nb.model import resolve_device
 from cellpose_nb.normalize import to_network_input
 
 __all__ = ["Segmentation", "NetOutput", "TileLayout", "segment", "segment_many", "run_net",
@@ -366,7 +366,7 @@ def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
                 places.append(_read_tile(x, layout, layout.rows[j], layout.cols[i], batch[b]))
                 if flip := _flip_axes(layout, j, i):
                     batch[b] = np.flip(batch[b], flip)
-            y, style = net(fast_layout(torch.from_numpy(batch).to(device, dtype)))
+            y, style = net(torch.from_numpy(batch).to(device, dtype))
             y = y.float().cpu().numpy()
             style = style.double().sum(0).cpu().numpy()
             style_sum = style if style_sum is None else style_sum + style

@@ -512,7 +512,7 @@ class _Run:
         crops = [random_transform(images[i], labels[i], flows=flows[i], rng=rng, out_size=size,
                                   scale_range=self.config.scale_range, rescale=rescale[i])
                  for i in indices]
-        x = model_io.fast_layout(torch.from_numpy(np.stack([c.image for c in crops])).to(self.device))
+        x = torch.from_numpy(np.stack([c.image for c in crops])).to(self.device)
         f = torch.from_numpy(np.stack([c.flows for c in crops])).to(self.device)
         m = torch.from_numpy(np.stack([c.labels > 0 for c in crops])).to(self.device)
         return x, f, m
@@ -867,7 +867,7 @@ def _size_samples(model, images, labels, *, n_passes, crop_size, scale_range, ba
             idx = order[begin:begin + batch_size]
             crops = [random_transform(images[i], labels[i], rng=rng, out_size=size,
                                       scale_range=scale_range) for i in idx]
-            x = model_io.fast_layout(torch.from_numpy(np.stack([c.image for c in crops])).to(device))
+            x = torch.from_numpy(np.stack([c.image for c in crops])).to(device)
             styles.append(model(x)[1].float().cpu().numpy())
             targets.extend(np.log(diams[i] * c.scale / diam_mean) for i, c in zip(idx, crops))
     model.train(was_training)

@@ -405,7 +405,6 @@ for epoch in range(HAND_EPOCHS):
                                   out_size=(CROP, CROP), scale_range=config.scale_range, rescale=rescale[i])
                  for i in idx]
         x = torch.from_numpy(np.stack([c.image for c in crops])).to(device)
-        x = model.fast_layout(x)  # channels-last memory (same values; faster convolutions on CPU and cuda)
         f = torch.from_numpy(np.stack([c.flows for c in crops])).to(device)
         m = torch.from_numpy(np.stack([c.labels > 0 for c in crops])).to(device)
         loss = segmentation_loss(net(x)[0], f, m)

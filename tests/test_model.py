@@ -379,3 +379,21 @@ def test_a_copied_file_without_digest_is_accepted_and_a_known_digest_is_checked(
     monkeypatch.setitem(M.KNOWN_SHA256, "cyto3", "f" * 64)
     with pytest.raises(ValueError, match="published digest"):
         M.load_cellpose_weights("cyto3")
+
+
+def test_forward_feeds_every_convolution_channels_last_on_the_cpu():
+    """model.fast_layout is applied inside forward, so callers get the fast layout for free."""
+    net = _small_model(M.ModelConfig(features=(8, 16))).eval()
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last)))
+        for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    x = torch.rand(2, 2, 16, 16)
+    assert x.is_contiguous()  # an ordinary NCHW input
+    with torch.no_grad():
+        y, _ = net(x)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) and all(seen)
+    with torch.no_grad():
+        torch.testing.assert_close(y, net(x.contiguous(memory_format=torch.channels_last))[0])
