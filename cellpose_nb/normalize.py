@@ -129,11 +129,16 @@ def upper_percentile(channel, *, low=LOW_PERCENTILE, high=HIGH_PERCENTILE,
     >>> upper_percentile(dense), upper_percentile(sparse + 0.01 * (np.arange(100) % 7))
     (99.0, 99.9)
     """
-    x = np.asarray(channel)
+    x = np.asarray(channel).astype(np.float32)
     lo, hi, top = np.percentile(x, [low, high, sparse_high])
-    if hi - lo < _FLAT:
-        return float(sparse_high) if top - lo >= _FLAT else float(high)
-    return float(sparse_high) if (top - lo) > ratio * (hi - lo) else float(high)
+    return float(sparse_high) if _is_sparse(lo, hi, top, ratio) else float(high)
+
+
+def _is_sparse(lo, hi, top, ratio):
+    """The rule of :func:`upper_percentile`, on a channel's three percentile values."""
+    if hi - lo < _FLAT:  # objects on an exactly flat background
+        return top - lo >= _FLAT
+    return (top - lo) > ratio * (hi - lo)
 
 
 def dark_objects(channel, *, low=LOW_PERCENTILE, high=HIGH_PERCENTILE) -> bool:
@@ -175,9 +180,16 @@ def dark_objects(channel, *, low=LOW_PERCENTILE, high=HIGH_PERCENTILE) -> bool:
     return bool(np.mean(centred ** 3) < 0)
 
 
-def _normalize_channel(x, low, high):
+def _normalize_channel(x, low, high, *, sparse_aware=False):
+    """``x`` with its ``low`` percentile at 0 and its ``high`` percentile at 1
+    (with ``sparse_aware``, :data:`SPARSE_HIGH_PERCENTILE` for a sparse channel,
+    from the same single percentile pass)."""
     x = x.astype(np.float32)
-    lo, hi = np.percentile(x, [low, high])
+    if sparse_aware:
+        lo, hi, top = np.percentile(x, [low, high, SPARSE_HIGH_PERCENTILE])
+        hi = top if _is_sparse(lo, hi, top, SPARSE_RATIO) else hi
+    else:
+        lo, hi = np.percentile(x, [low, high])
     if hi - lo < _FLAT:
         return np.zeros_like(x)
     return (x - np.float32(lo)) / np.float32(hi - lo)
@@ -250,11 +262,10 @@ def to_network_input(image, *, channels=(0, None), channel_axis=None, normalize=
             x = chan[..., c]
         else:
             raise ValueError(f"channel index {c!r} is out of range for an image with {n} channels")
-        if not normalize:
-            out[k] = x
+        if normalize:
+            out[k] = _normalize_channel(x, LOW_PERCENTILE, HIGH_PERCENTILE, sparse_aware=sparse_aware)
         else:
-            high = upper_percentile(x) if sparse_aware else HIGH_PERCENTILE
-            out[k] = normalize_percentile(x, high=high)
+            out[k] = x
     if invert == "auto":
         invert = dark_objects(out[0])
     if invert:
