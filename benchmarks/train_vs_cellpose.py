@@ -13,16 +13,25 @@ epoch per implementation comes first (numba JIT, thread pools, allocators);
 then ``--repeats`` timed calls per implementation, interleaved, and the
 fastest of each is reported (the machine may be shared: the spread is printed).
 
-``--amp``: our side trains under bfloat16 autocast on the CPU
-(``TrainConfig(amp=True)``; weights, loss and optimizer stay float32);
-cellpose has no CPU mixed precision and stays float32.  Only faster on CPUs
-with bfloat16 units (Intel AMX, AVX512-BF16).
+Precision: our side trains as ``cellpose-nb train`` does by default
+(``TrainConfig(amp=None)``: bfloat16 autocast on a CPU with bfloat16 units,
+Intel AMX, float32 on other CPUs; weights, loss and optimizer stay float32);
+``--float32`` forces float32 (``amp=False``).  Cellpose has no CPU mixed
+precision and always trains in float32.
+
+Memory: our ``train`` keeps freed activations in the heap while it runs on the
+CPU (``cellpose_nb._alloc.reuse_freed_memory``; glibc otherwise maps and
+page-faults them anew every step).  On exit it leaves glibc where glibc's own
+adaptive threshold ends, so the cellpose calls that follow in this process
+run as in a fresh one.  ``--cellpose-reuse-memory`` gives cellpose's calls the
+same setting, which isolates what our code itself gains.
 
 Data: synthetic nuclei (``make_synthetic``, kind="nuclei", diameter 17),
 or ``--dsb`` for the first DSB2018 fluorescence images cropped to 256 x 256.
 
     python benchmarks/train_vs_cellpose.py [--images 16] [--epochs 2] [--threads 2] \\
-        [--repeats 3] [--dsb] [--crop 224] [--features 32 64 128 256] [--amp]
+        [--repeats 3] [--dsb] [--crop 224] [--features 32 64 128 256] [--float32] \\
+        [--cellpose-reuse-memory]
 """
 
 from __future__ import annotations
@@ -67,7 +76,7 @@ def make_data(n, dsb):
     return prepare_images(images), labels
 
 
-def run_ours(images, labels, n_epochs, features, crop, amp=False):
+def run_ours(images, labels, n_epochs, features, crop, amp=None):
     from cellpose_nb.model import CellposeUNet, ModelConfig
     from cellpose_nb.train import TrainConfig, train
 
@@ -81,7 +90,9 @@ def run_ours(images, labels, n_epochs, features, crop, amp=False):
     return time.perf_counter() - t0, [h["train_loss"] for h in res.history]
 
 
-def run_cellpose(images, labels, n_epochs, features, crop):
+def run_cellpose(images, labels, n_epochs, features, crop, reuse_memory=False):
+    from cellpose_nb._alloc import reuse_freed_memory
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from cellpose import resnet_torch
@@ -89,7 +100,8 @@ def run_cellpose(images, labels, n_epochs, features, crop):
     logging.getLogger("cellpose").setLevel(logging.WARNING)
     torch.manual_seed(0)
     net = resnet_torch.CPnet([2, *features], 3, sz=3, max_pool=True, diam_mean=DIAMETER)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with (tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(),
+          reuse_freed_memory(reuse_memory)):
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         _, losses, _ = cp_train.train_seg(
@@ -123,17 +135,27 @@ def main(argv=None):
     parser.add_argument("--dsb", action="store_true", help="DSB2018 fluorescence crops")
     parser.add_argument("--crop", type=int, default=CROP, help="side of the training crops")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
-    parser.add_argument("--amp", action="store_true", help="ours in bfloat16 autocast (CPU)")
+    parser.add_argument("--float32", action="store_true",
+                        help="ours in float32 too (default: as cellpose-nb train: bfloat16 "
+                             "autocast on CPUs with AMX)")
+    parser.add_argument("--cellpose-reuse-memory", action="store_true",
+                        help="cellpose's calls keep freed memory in the heap, as ours do")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     features = tuple(args.features)
     images, labels = make_data(args.images, args.dsb)
     n = len(images) * args.epochs
+    from cellpose_nb.train import TrainConfig, amp_dtype
+
+    amp = False if args.float32 else None
+    ours_dtype = amp_dtype(TrainConfig(amp=amp), "cpu") or torch.float32
     print(f"{len(images)} images {SIZE}x{SIZE} ({'DSB2018' if args.dsb else 'synthetic'}), "
           f"{args.epochs} epochs, batch {BATCH_SIZE}, crops {args.crop}, features {features}, "
-          f"CPU, {torch.get_num_threads()} threads"
-          + (", ours in bfloat16 autocast" if args.amp else ""))
-    impls = {"cellpose_nb": functools.partial(run_ours, amp=args.amp), "cellpose": run_cellpose}
+          f"CPU, {torch.get_num_threads()} threads; ours in {str(ours_dtype)[6:]}, cellpose in "
+          f"float32{', both reusing freed memory' if args.cellpose_reuse_memory else ''}")
+    impls = {"cellpose_nb": functools.partial(run_ours, amp=amp),
+             "cellpose": functools.partial(run_cellpose,
+                                           reuse_memory=args.cellpose_reuse_memory)}
     runs = {name: [] for name in impls}
     with contextlib.redirect_stderr(io.StringIO()):  # Cellpose's tqdm bars
         for run in impls.values():

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from cellpose_nb import __version__
 from cellpose_nb import model as model_io
+from cellpose_nb._alloc import reuse_freed_memory
 from cellpose_nb.augment import random_transform
 from cellpose_nb.flows import FLOW_SCALE, check_labels, masks_to_flows
 from cellpose_nb.masks import (
@@ -103,16 +104,15 @@ CELLPROB_GRID = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 FLOW_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 AP_IOU = 0.5  # IoU threshold of the validation AP
 MIN_SIZE = 15  # compute_masks' default minimum mask size
-#: ``TrainConfig(amp=True)``: the autocast dtype per device type.  On the CPU,
-#: bfloat16 convolutions are fast only where the CPU has bfloat16 units (Intel
-#: AMX / AVX512-BF16; on a Xeon with AMX, benchmarks/train_vs_cellpose.py --amp
-#: measured 1.5x cellpose's float32 throughput for widths 16-128 at 112 px
-#: crops and 2.4-3.8x for 32-256 at 224 px); elsewhere they can be slower, so the CPU uses
-#: them only when asked (``amp=True``), cuda by default (``amp=None``).  The
-#: weights, the loss and the optimizer stay float32.  No autocast on mps.
+#: Mixed precision: the autocast dtype per device type.  The weights, the loss
+#: and the optimizer stay float32.  No autocast on mps.  On the CPU, bfloat16
+#: convolutions are fast only where the CPU has bfloat16 matrix units (Intel
+#: AMX); there ``TrainConfig(amp=None)`` uses them (see
+#: :func:`cpu_has_bfloat16_units`; benchmarks/train_vs_cellpose.py measured
+#: 1.5x cellpose's float32 throughput for widths 16-128 at 112 px crops and
+#: 2.4-3.8x for 32-256 at 224 px on a Xeon with AMX, and the nuclei recipe
+#: trained this way reached the validation AP of float32 training: README).
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
-#: Device types with mixed precision under ``TrainConfig(amp=None)``.
-AMP_BY_DEFAULT = frozenset({"cuda"})
 # config fields that may differ between a run and its resumption
 _RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp"})
 _OPTIMIZERS = ("adamw", "sgd")
@@ -146,7 +146,7 @@ class TrainConfig:
     min_train_masks: int = 5  # drop training images with fewer objects (Cellpose: 5)
     seed: int = 0  # seeds the data order and the augmentations
     device: str | None = None  # None: cuda -> mps -> cpu
-    amp: bool | None = None  # mixed precision (AMP_DTYPES); None: on cuda only, True: also bfloat16 on the CPU
+    amp: bool | None = None  # mixed precision (AMP_DTYPES); None: cuda, and CPUs with AMX (amp_dtype)
     val_every: int = 10  # validate every this many epochs (and after the last)
     save_every: int = 5  # checkpoint every this many epochs (and after the last)
     num_threads: int | None = None  # torch.set_num_threads during training; None: unchanged
@@ -471,17 +471,38 @@ def _jsonable(value):
 
 
 # --- the training loop ---------------------------------------------------------------
+def cpu_has_bfloat16_units() -> bool:
+    """True when this CPU has bfloat16 matrix units (Intel AMX tiles).
+
+    Elsewhere (AVX2 laptops, Apple silicon, AMD before Zen 5) bfloat16
+    convolutions are emulated and can be slower than float32.
+    """
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # private API: absent in other torch versions
+        return False
+
+
 def amp_dtype(config: TrainConfig, device_type: str):
     """The autocast dtype a training run uses on ``device_type``, None for float32.
 
+    ``config.amp``: True -> ``AMP_DTYPES[device_type]`` (none on mps), False ->
+    float32, None -> float16 on cuda, bfloat16 on a CPU with bfloat16 units
+    (:func:`cpu_has_bfloat16_units`), float32 otherwise.
+
     Examples
     --------
-    >>> amp_dtype(TrainConfig(), "cpu"), amp_dtype(TrainConfig(), "cuda")
-    (None, torch.float16)
+    >>> amp_dtype(TrainConfig(), "cuda"), amp_dtype(TrainConfig(), "mps")
+    (torch.float16, None)
     >>> amp_dtype(TrainConfig(amp=True), "cpu"), amp_dtype(TrainConfig(amp=False), "cuda")
     (torch.bfloat16, None)
+    >>> amp_dtype(TrainConfig(), "cpu") == (torch.bfloat16 if cpu_has_bfloat16_units() else None)
+    True
     """
-    amp = device_type in AMP_BY_DEFAULT if config.amp is None else bool(config.amp)
+    if config.amp is None:
+        amp = device_type == "cuda" or (device_type == "cpu" and cpu_has_bfloat16_units())
+    else:
+        amp = bool(config.amp)
     return AMP_DTYPES.get(device_type) if amp else None
 
 
@@ -687,7 +708,8 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
         out.mkdir(parents=True, exist_ok=True)
 
     device = model_io.resolve_device(config.device)
-    with _torch_threads(config.num_threads):
+    # on the CPU, reuse the heap for the activations of each step (cellpose_nb._alloc)
+    with _torch_threads(config.num_threads), reuse_freed_memory(device.type == "cpu"):
         flows = cached_flows(labels, progress=progress,
                              cache_dir=None if out is None else out / FLOW_CACHE_DIR)
         diams, rescale = _rescale_factors(labels, diam_mean, config.rescale)
@@ -740,6 +762,7 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
             "n_train": len(images), "n_val": len(v_images) if have_val else 0,
             "kept_train_indices": kept, "diam_labels": model.diam_labels,
             "epochs_done": state["epoch"], "completed": completed, "device": str(device),
+            "precision": str(run.amp_dtype or torch.float32).removeprefix("torch."),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if previous_record:
             record["pretrained"] = previous_record

@@ -1,5 +1,7 @@
 """The ``cellpose-nb`` command: demo, evaluate, segment, train."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import tifffile
@@ -128,6 +130,7 @@ def test_train_with_a_validation_list_saves_the_input_recipe(tmp_path, capsys):
     record = json.loads((folder / "training.json").read_text())
     assert sorted(record["val_names"]) == ["s1", "s3"] and record["n_train"] == 3
     assert record["config"]["n_images_per_epoch"] == 8 and record["config"]["amp"] is True
+    assert record["precision"] == "bfloat16"  # what ran, whatever the config said
     assert json.loads((folder / "input.json").read_text()) == {"channels": [0, None],
                                                                "invert": "auto"}
     val_list.write_text("s1\nnot_there\n")
@@ -136,7 +139,7 @@ def test_train_with_a_validation_list_saves_the_input_recipe(tmp_path, capsys):
 
 
 def test_train_amp_flag_defaults_to_the_device_rule():
-    """No flag: None (mixed precision on cuda only); --amp / --no-amp force it on / off."""
+    """No flag: None (mixed precision on cuda and on CPUs with AMX); --amp / --no-amp force it."""
     import torch
 
     from cellpose_nb.cli import build_parser
@@ -147,7 +150,12 @@ def test_train_amp_flag_defaults_to_the_device_rule():
     assert parse(["train", "f", "--out", "o", "--amp"]).amp is True
     assert parse(["train", "f", "--out", "o", "--no-amp"]).amp is False
     assert amp_dtype(TrainConfig(amp=None), "cuda") == torch.float16
-    assert amp_dtype(TrainConfig(amp=None), "cpu") is None
+    with mock.patch("torch.cpu._is_amx_tile_supported", return_value=False):
+        assert amp_dtype(TrainConfig(amp=None), "cpu") is None
+    with mock.patch("torch.cpu._is_amx_tile_supported", return_value=True):
+        assert amp_dtype(TrainConfig(amp=None), "cpu") == torch.bfloat16
+    with mock.patch("torch.cpu._is_amx_tile_supported", side_effect=AttributeError):
+        assert amp_dtype(TrainConfig(amp=None), "cpu") is None  # private API gone: float32
     assert amp_dtype(TrainConfig(amp=None), "mps") is None
     assert amp_dtype(TrainConfig(amp=False), "cuda") is None
     assert amp_dtype(TrainConfig(amp=True), "cpu") == torch.bfloat16
