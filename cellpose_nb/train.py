@@ -515,7 +515,7 @@ class _Run:
         self.amp_dtype = amp_dtype(config, device.type)
         self.use_amp = self.amp_dtype is not None
         # float16 needs loss scaling (small gradients underflow); bfloat16 has float32's range
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate,
                                              momentum=config.momentum,

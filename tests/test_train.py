@@ -306,3 +306,24 @@ def test_training_predictions_are_segments_outputs():
     np.testing.assert_array_equal(pred.cellprob, seg.cellprob)
     masks = T._segment(net, x, rescale=net.config.diam_mean / diameter)
     np.testing.assert_array_equal(masks, seg.labels)
+
+def test_float16_path_scales_the_loss_and_checkpoints_the_scaler(tiny_data, tmp_path,
+                                                                monkeypatch):
+    """The cuda recipe (float16 autocast + GradScaler), run on the CPU: float16 needs
+    loss scaling, and the scaler's state goes into the checkpoint for resuming."""
+    images, labels = tiny_data
+    monkeypatch.setitem(T.AMP_DTYPES, "cpu", torch.float16)
+    net = tiny_net()
+    seen = []
+    net.encoder[1].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype)
+                                         if mod.training else None)
+    res = T.train(net, images[:6], labels[:6], config=tiny_config(amp=True, n_epochs=2),
+                  out_dir=tmp_path / "run", progress=False)
+    assert seen and set(seen) == {torch.float16}
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())
+    losses = [h["train_loss"] for h in res.history]
+    assert np.all(np.isfinite(losses))
+    saved = torch.load(tmp_path / "run" / T.CHECKPOINT_FILE, weights_only=True)
+    assert saved["scaler"] and saved["scaler"]["scale"] > 1  # a live loss scale was saved
+    record = json.loads((res.model_dir / "training.json").read_text())
+    assert record["precision"] == "float16"
