@@ -109,9 +109,9 @@ MIN_SIZE = 15  # compute_masks' default minimum mask size
 #: convolutions are fast only where the CPU has bfloat16 matrix units (Intel
 #: AMX); there ``TrainConfig(amp=None)`` uses them (see
 #: :func:`cpu_has_bfloat16_units`; benchmarks/train_vs_cellpose.py measured
-#: 1.5x cellpose's float32 throughput for widths 16-128 at 112 px crops and
-#: 2.4-3.8x for 32-256 at 224 px on a Xeon with AMX, and the nuclei recipe
-#: trained this way reached the validation AP of float32 training: README).
+#: 2.2x cellpose's float32 throughput for widths 16-128 at 112 px crops and
+#: 3.8-3.9x for 32-256 at 224 px on a Xeon with AMX, and the nuclei recipe
+#: trained this way was within run-to-run noise of float32 training: README).
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 # config fields that may differ between a run and its resumption
 _RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp"})
