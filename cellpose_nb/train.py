@@ -67,6 +67,7 @@ from cellpose_nb.predict import n_iter_for, predict_flows
 __all__ = [
     "TrainConfig",
     "amp_dtype",
+    "cpu_has_bfloat16_units",
     "TrainResult",
     "SizeModel",
     "DiameterEstimate",

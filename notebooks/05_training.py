@@ -640,8 +640,9 @@ assert np.isfinite(guess) and guess >= 5
 #   where the hardware has fast low-precision units: float16 on a GPU (it
 #   saves memory and usually time), bfloat16 on a CPU with Intel AMX
 #   (recent Xeons, 2.2-3.9x faster here; the nuclei model trained this way
-#   was within run-to-run noise of float32 on validation). Other CPUs train in float32, where bfloat16 would
-#   be emulated and slower; `amp=False` forces float32 everywhere (this
+#   was within run-to-run noise of float32 on validation). Other CPUs
+#   train in float32, where bfloat16 would be emulated and slower;
+#   `amp=False` forces float32 everywhere (this
 #   notebook does, so that its hand-written loop and the package compute
 #   the same numbers). On a CPU train small networks on small
 #   crops, and set `num_threads` when other jobs share the machine (too many
