@@ -867,8 +867,8 @@ def download_weights(url: str, path: str | os.PathLike, *, sha256: str | None = 
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
-            size = getattr(response, "headers", None)
-            size = int(size.get("Content-Length") or 0) if size is not None else 0
+            headers = getattr(response, "headers", None)
+            size = int(headers.get("Content-Length") or 0) if headers is not None else 0
             with tqdm(total=size or None, unit="B", unit_scale=True, leave=False,
                       desc=f"downloading {path.name}", disable=not progress) as bar:
                 while chunk := response.read(1 << 20):

@@ -514,7 +514,6 @@ class _Run:
         self.model, self.config, self.device = model, config, device
         self.images, self.labels, self.flows, self.rescale = images, labels, flows, rescale
         self.amp_dtype = amp_dtype(config, device.type)
-        self.use_amp = self.amp_dtype is not None
         # float16 needs loss scaling (small gradients underflow); bfloat16 has float32's range
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         if config.optimizer == "sgd":
@@ -541,7 +540,7 @@ class _Run:
 
     def loss(self, x, f, m):
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float16,
-                            enabled=self.use_amp):
+                            enabled=self.amp_dtype is not None):
             y = self.model(x)[0]
         return segmentation_loss(y.float(), f, m)
 
