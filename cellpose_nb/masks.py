@@ -53,6 +53,11 @@ SEED_MIN_COUNT = 10
 GROW_STEPS = 5
 GROW_RADIUS = 5
 GROW_MIN_COUNT = 2
+#: Defaults of the mask step, named once and read by segment, training, the CLI and the widgets.
+CELLPROB_THRESHOLD = 0.0  # pixels with cellprob logit above this are followed
+FLOW_THRESHOLD = 0.4  # masks whose flow error is above this are dropped (Cellpose: 0.4)
+MIN_SIZE = 15  # masks smaller than this many pixels are dropped (Cellpose: 15)
+
 #: Masks larger than this fraction of the image are dropped (Cellpose: 0.4).
 MAX_SIZE_FRACTION = 0.4
 
@@ -439,7 +444,7 @@ def flow_errors(labels, flows):
         return (sums / counts)[1:]
 
 
-def remove_bad_flow_masks(labels, flows, *, threshold=0.4):
+def remove_bad_flow_masks(labels, flows, *, threshold=FLOW_THRESHOLD):
     """Remove masks whose flow error exceeds ``threshold``.
 
     Returns a new label image (ids not renumbered).
@@ -459,7 +464,7 @@ def remove_bad_flow_masks(labels, flows, *, threshold=0.4):
     return out
 
 
-def fill_holes_and_remove_small_masks(labels, *, min_size=15):
+def fill_holes_and_remove_small_masks(labels, *, min_size=MIN_SIZE):
     """Fill holes inside each mask and drop masks smaller than ``min_size`` pixels.
 
     As Cellpose: small masks are removed, holes are filled (a hole takes the
@@ -500,10 +505,10 @@ def compute_masks(
     flows,
     cellprob,
     *,
-    cellprob_threshold=0.0,
-    flow_threshold=0.4,
+    cellprob_threshold=CELLPROB_THRESHOLD,
+    flow_threshold=FLOW_THRESHOLD,
     n_iter=N_ITER,
-    min_size=15,
+    min_size=MIN_SIZE,
     max_size_fraction=MAX_SIZE_FRACTION,
 ):
     """Labels from unit-scale flows and cell-probability logits.

@@ -93,6 +93,7 @@ CELLPOSE_FILES = {
     "nuclei": "nucleitorch_0",
 }
 # Cellpose ignores the diam_mean stored in its built-in files and uses these values.
+DIAM_MEAN = 30.0  # mean cell diameter (px) a model expects unless told (Cellpose's cyto models)
 CELLPOSE_DIAM_MEAN = {"cyto3": 30.0, "cyto2": 30.0, "cyto": 30.0, "nuclei": 17.0}
 # file name -> SHA-256 hex digest; only digests checked against a real download belong
 # here (none yet: this was written offline).  Without an entry nothing is verified.
@@ -114,7 +115,7 @@ class ModelConfig:
     features: tuple[int, ...] = (32, 64, 128, 256)  # widths of the encoder scales
     n_out: int = 3  # output maps: FLOW_SCALE*d_row, FLOW_SCALE*d_col, cellprob logit
     kernel_size: int = 3  # size of the square convolution kernels (odd)
-    diam_mean: float = 30.0  # mean cell diameter (px) the model expects; nuclei 17
+    diam_mean: float = DIAM_MEAN  # mean cell diameter (px) the model expects; nuclei 17
 
     def __post_init__(self):
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))
@@ -587,7 +588,7 @@ def from_cellpose_state_dict(state_dict: Mapping[str, torch.Tensor], *,
     True
     """
     if diam_mean is None:
-        diam_mean = float(state_dict["diam_mean"][0]) if "diam_mean" in state_dict else 30.0
+        diam_mean = float(state_dict["diam_mean"][0]) if "diam_mean" in state_dict else DIAM_MEAN
     model = CellposeUNet(_cellpose_config(state_dict, diam_mean))
     _load_checked(model, from_cellpose_keys(state_dict), "Cellpose state dict")
     if "diam_labels" in state_dict:
