@@ -5,13 +5,10 @@ up to tens of MB and frees them again.  glibc's ``malloc`` serves blocks above
 its *mmap threshold* (at most 32 MiB, usually less) with fresh ``mmap`` calls
 and returns them to the kernel on ``free``, so every step page-faults and
 zeroes hundreds of MB anew.  Raising the threshold (``mallopt(M_MMAP_THRESHOLD)``)
-makes ``malloc`` reuse freed heap memory instead.  On this project's 2-core
-Xeon, one training step of the default network (batch 8, 224 px, float32)
-went from 5.4-6.1 s to 4.1-5.0 s and its minor page faults from 7.2 to 1.2
-million per run (``MALLOC_MMAP_THRESHOLD_`` set in the environment, which is
-the same setting); the price is a higher resident size while training (peak
-3.6 against 3.0 GB there).  Intel's PyTorch tuning guide gets the same effect
-by preloading jemalloc or tcmalloc.
+makes ``malloc`` reuse freed heap memory instead (the same setting as
+``MALLOC_MMAP_THRESHOLD_`` in the environment): fewer page faults and faster
+steps, at the price of a higher resident size while training.  Intel's
+PyTorch tuning guide gets the same effect by preloading jemalloc or tcmalloc.
 
 :func:`reuse_freed_memory` sets the threshold on entry and, on exit, sets it to
 32 MiB (where glibc's own adaptive threshold ends after large frees) and

@@ -34,7 +34,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellpose_nb.flows import check_labels, masks_to_flows
+from cellpose_nb.flows import masks_to_flows
+from cellpose_nb.labels import check_labels
 
 __all__ = ["Augmented", "similarity_matrix", "warp_sample", "random_transform"]
 

@@ -22,18 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cellpose_nb.flows import FLOW_SCALE, check_labels
+from cellpose_nb.data.files import SEG_SUFFIX, UINT16_LIMIT
+from cellpose_nb.flows import FLOW_SCALE
+from cellpose_nb.labels import check_labels
 from cellpose_nb.normalize import move_channels_last, normalize_percentile
 
 __all__ = ["write_masks_tif", "write_outlines_png", "cell_table", "write_cells_csv",
            "outline_polygons", "write_imagej_rois", "write_seg_npy", "export_all", "FORMATS",
            "SUFFIXES"]
 
-UINT16_LIMIT = 2 ** 16  # masks with labels below this are stored as uint16, else uint32
 OUTLINE_COLOR = (255, 0, 0)  # RGB of the outlines drawn by write_outlines_png
 CONTOUR_LEVEL = 0.5  # iso-level of find_contours on a 0/1 object mask
 IMAGEJ_PIXEL_CENTRE = 0.5  # ImageJ's pixel (x, y) spans [x, x+1): its centre is at x + 0.5
-SEG_SUFFIX = "_seg.npy"  # Cellpose GUI file name: <image base>_seg.npy
 SEG_UINT16_LIMIT = 2 ** 16 - 1  # _seg.npy masks are uint16 below this (cellpose.io's rule)
 SUFFIXES = {  # format -> file name suffix used by export_all
     "masks": "_masks.tif",

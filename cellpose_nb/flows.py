@@ -16,15 +16,18 @@ Two ways to build the field are offered:
 
 Both return ``flows`` of shape (2, H, W), float32, ordered (d_row, d_col),
 unit length inside objects and zero on the background.  The network
-predicts ``FLOW_SCALE * flows``.
+predicts ``FLOW_SCALE * flows``.  The geodesic method lives in
+:mod:`cellpose_nb.fmm`; :func:`check_labels` and :func:`object_centers` live in
+:mod:`cellpose_nb.labels` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import relabel_sequential
+
+from cellpose_nb.fmm import fmm_flows
+from cellpose_nb.labels import _centers_kernel, _object_table, check_labels, object_centers
 
 __all__ = [
     "FLOW_SCALE",
@@ -41,118 +44,10 @@ FLOW_SCALE = 5.0
 #: Cellpose runs ``2 * (bbox_rows + bbox_cols + 4)`` diffusion iterations per object.
 HEAT_ITER_FACTOR = 2
 
-#: Labels whose maximum exceeds this many times the pixel count are relabelled
-#: before per-object work, so that sparse huge ids do not allocate huge tables.
-_SPARSE_LABEL_FACTOR = 4
-
 _METHODS = ("heat", "fmm")
 
 
-# ----------------------------------------------------------------------------- checks
-def check_labels(labels, *, name="labels"):
-    """Validate a label image and return it as a C-contiguous int array.
-
-    Parameters
-    ----------
-    labels : ndarray (H, W)
-        Integer labels, 0 = background.  Any signed or unsigned integer dtype;
-        ids need not be sequential.
-
-    Returns
-    -------
-    ndarray (H, W)
-        The same values, C-contiguous, as int32 or int64.
-
-    Raises
-    ------
-    TypeError
-        If ``labels`` is not an integer array (bool included: use
-        ``skimage.measure.label`` to turn a binary mask into labels).
-    ValueError
-        If ``labels`` is not 2-D or holds negative values.
-
-    Examples
-    --------
-    >>> check_labels(np.array([[0, 3], [3, 7]], np.uint8)).dtype
-    dtype('int32')
-    """
-    arr = np.asarray(labels)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(
-            f"{name} must be an integer array (0 = background, 1..N = objects); got dtype "
-            f"{arr.dtype}. For a binary mask use skimage.measure.label(mask) first."
-        )
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (H, W); got shape {arr.shape}")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} must not hold negative values; found min {arr.min()}")
-    big = arr.size and int(arr.max()) >= np.iinfo(np.int32).max
-    return np.ascontiguousarray(arr, dtype=np.int64 if big else np.int32)
-
-
-def _object_table(labels):
-    """Objects present in ``labels``.
-
-    Returns ``(work, work_ids, ids, boxes)``: a label image to run kernels on,
-    the ids of the objects in it, their ids in ``labels``, and their bounding
-    boxes (N, 4: r0, r1, c0, c1).  ``work`` is ``labels`` itself unless the ids
-    are so sparse that per-id tables would be huge; then it is relabelled 1..N.
-    """
-    work, ids = labels, None
-    if labels.size and int(labels.max()) > _SPARSE_LABEL_FACTOR * labels.size:
-        work, _, inverse = relabel_sequential(labels)
-        ids = inverse.out_values[inverse.in_values > 0]
-    slices = ndi.find_objects(work) if work.size else []
-    present = [k for k, s in enumerate(slices) if s is not None]
-    work_ids = np.array(present, dtype=np.int64) + 1
-    boxes = np.array(
-        [(slices[k][0].start, slices[k][0].stop, slices[k][1].start, slices[k][1].stop)
-         for k in present],
-        dtype=np.int64,
-    ).reshape(-1, 4)
-    return work, work_ids, (work_ids if ids is None else ids.astype(np.int64)), boxes
-
-
 # ----------------------------------------------------------------------------- kernels
-@numba.njit(cache=True, nogil=True)
-def _center_of(labels, lab_id, r0, r1, c0, c1):
-    """Pixel of the object nearest its mean (first such pixel in raster order)."""
-    sr = 0.0
-    sc = 0.0
-    n = 0
-    for r in range(r0, r1):
-        for c in range(c0, c1):
-            if labels[r, c] == lab_id:
-                sr += r
-                sc += c
-                n += 1
-    mr = sr / n
-    mc = sc / n
-    best = np.inf
-    br = r0
-    bc = c0
-    for r in range(r0, r1):
-        for c in range(c0, c1):
-            if labels[r, c] == lab_id:
-                d = (r - mr) ** 2 + (c - mc) ** 2
-                if d < best:
-                    best = d
-                    br = r
-                    bc = c
-    return br, bc
-
-
-@numba.njit(cache=True, nogil=True)
-def _centers_kernel(labels, ids, boxes):
-    n = ids.shape[0]
-    out = np.zeros((n, 2), np.int64)
-    for k in range(n):
-        r, c = _center_of(labels, ids[k], boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3])
-        out[k, 0] = r
-        out[k, 1] = c
-    return out
-
-
 @numba.njit(cache=True, nogil=True, fastmath=False)
 def _diffuse_object(labels, lab_id, r0, r1, c0, c1, cr, cc, n_iter):
     """Heat diffusion on one object's pixels in a bbox padded by one pixel.
@@ -235,33 +130,6 @@ def _heat_flows_kernel(labels, ids, boxes, centers, n_iter, flows, heat):
 
 
 # ----------------------------------------------------------------------------- public
-def object_centers(labels):
-    """Centre pixel of every object: the object pixel nearest its mean.
-
-    This is the pixel from which heat is diffused (Cellpose's definition).
-
-    Parameters
-    ----------
-    labels : ndarray (H, W) of int
-
-    Returns
-    -------
-    ids : ndarray (N,) of int64
-        The object ids present, ascending.
-    centers : ndarray (N, 2) of int64
-        (row, col) of each object's centre pixel.
-
-    Examples
-    --------
-    >>> lab = np.zeros((5, 5), int); lab[1:4, 1:4] = 2
-    >>> ids, centers = object_centers(lab)
-    >>> ids.tolist(), centers.tolist()
-    ([2], [[2, 2]])
-    """
-    work, work_ids, ids, boxes = _object_table(check_labels(labels))
-    return ids, _centers_kernel(work, work_ids, boxes)
-
-
 def _heat(labels, n_iter):
     lab = check_labels(labels)
     flows = np.zeros((2,) + lab.shape, np.float64)
@@ -333,9 +201,7 @@ def masks_to_flows(labels, *, method="heat", n_iter=None):
     if n_iter is not None and (int(n_iter) != n_iter or n_iter < 1):
         raise ValueError(f"n_iter must be a positive integer or None; got {n_iter!r}")
     if method == "fmm":
-        from cellpose_nb._fmm import fmm_flows
-
-        return fmm_flows(check_labels(labels))
+        return fmm_flows(labels)
     return _heat(labels, n_iter)[0].astype(np.float32)
 
 

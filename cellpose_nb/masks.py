@@ -12,8 +12,10 @@ The steps, each a public function so that the course can show them one by one:
    the given ones (mean squared error above ``flow_threshold``) are removed.
 4. :func:`fill_holes_and_remove_small_masks`.
 
-:func:`compute_masks` chains them, as ``cellpose.dynamics.compute_masks``
-does.  ``flows`` here are always at unit scale, exactly what
+:func:`postprocess_masks` runs steps 3 and 4 (for callers that cluster once
+and try several thresholds); :func:`compute_masks` chains all of them, as
+``cellpose.dynamics.compute_masks`` does.  The compiled kernels live in
+:mod:`cellpose_nb._dynamics`.  ``flows`` here are always at unit scale, exactly what
 :func:`cellpose_nb.flows.masks_to_flows` returns (the network output divided
 by ``FLOW_SCALE``).
 """
@@ -22,11 +24,23 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellpose_nb.flows import check_labels, masks_to_flows
+# GROW_*, PARALLEL_MIN_STEPS stay importable from here; threshold_cache takes the
+# same bilinear step (_corners, _interp) from here
+from cellpose_nb._dynamics import (  # noqa: F401
+    GROW_MIN_COUNT,
+    GROW_RADIUS,
+    GROW_STEPS,
+    PARALLEL_MIN_STEPS,
+    _corners,
+    _grow_seeds,
+    _interp,
+    _run,
+)
+from cellpose_nb.flows import masks_to_flows
+from cellpose_nb.labels import check_labels, renumber
 
 __all__ = [
     "FollowResult",
@@ -37,6 +51,7 @@ __all__ = [
     "flow_errors",
     "remove_bad_flow_masks",
     "fill_holes_and_remove_small_masks",
+    "postprocess_masks",
     "renumber",
 ]
 
@@ -48,11 +63,8 @@ HIST_PAD = 20
 #: neighbourhood and holds more than SEED_MIN_COUNT end points.
 SEED_WINDOW = 5
 SEED_MIN_COUNT = 10
-#: Seeds grow GROW_STEPS times (3x3) inside a GROW_RADIUS box over bins holding
-#: more than GROW_MIN_COUNT end points.
-GROW_STEPS = 5
-GROW_RADIUS = 5
-GROW_MIN_COUNT = 2
+#: Seeds then grow over busy bins: GROW_STEPS, GROW_RADIUS, GROW_MIN_COUNT, named
+#: in :mod:`cellpose_nb._dynamics` beside the compiled kernel that reads them.
 #: Defaults of the mask step, named once and read by segment, training, the CLI and the widgets.
 CELLPROB_THRESHOLD = 0.0  # pixels with cellprob logit above this are followed
 FLOW_THRESHOLD = 0.4  # masks whose flow error is above this are dropped (Cellpose: 0.4)
@@ -95,130 +107,6 @@ def _check_flows(flows, shape=None):
 
 
 # ----------------------------------------------------------------------------- dynamics
-@numba.njit(cache=True, nogil=True, inline="always")
-def _corners(ly, lx, y, x):
-    """Bilinear interpolation at (y, x) in an (ly, lx) grid, clamped as Cellpose does.
-
-    Returns the corner indices ``y0, x0, y1, x1`` and the fractional weights ``wy, wx``.
-    """
-    y0 = min(ly - 1, max(0, np.int32(y)))
-    x0 = min(lx - 1, max(0, np.int32(x)))
-    y1 = min(ly - 1, y0 + 1)
-    x1 = min(lx - 1, x0 + 1)
-    wy = y - np.float32(np.int32(y))
-    wx = x - np.float32(np.int32(x))
-    return y0, x0, y1, x1, wy, wx
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _interp(flows, y, x):
-    """Bilinear interpolation of both flow components at (y, x), clamped to the image.
-
-    ``flows`` is (H, W, 2) here (components last, so that the four corners of
-    both components sit in two cache lines); float32 throughout.
-    """
-    y0, x0, y1, x1, wy, wx = _corners(flows.shape[0], flows.shape[1], y, x)
-    one = np.float32(1.0)
-    w00 = (one - wy) * (one - wx)
-    w01 = (one - wy) * wx
-    w10 = wy * (one - wx)
-    w11 = wy * wx
-    out0 = flows[y0, x0, 0] * w00 + flows[y0, x1, 0] * w01 + flows[y1, x0, 0] * w10 + flows[y1, x1, 0] * w11
-    out1 = flows[y0, x0, 1] * w00 + flows[y0, x1, 1] * w01 + flows[y1, x0, 1] * w10 + flows[y1, x1, 1] * w11
-    return out0, out1
-
-
-#: Points are followed in chunks: within a chunk, one step is taken for every
-#: point before the next step, so that independent points overlap in the CPU
-#: pipeline instead of waiting on one point's chain of dependent steps.
-_CHUNK = 256
-
-
-@numba.njit(cache=True, nogil=True)
-def _follow_chunk(flows, pos, n_iter, traj, ch):
-    """Euler steps for chunk ``ch`` of the points in ``pos`` (2, N), in place; traj optional.
-
-    The map from one position to the next is deterministic, so once a point
-    comes back exactly to where it was two steps before it is on a cycle of
-    length 1 or 2, and its final position is known without more steps: it
-    leaves the active list.  (Not when the trajectories are kept.)
-    """
-    ly = np.float32(flows.shape[0] - 1)
-    lx = np.float32(flows.shape[1] - 1)
-    keep = traj.shape[0] > 1
-    n = pos.shape[1]
-    lo = ch * _CHUNK
-    m = min(n, lo + _CHUNK) - lo
-    y = pos[0, lo:lo + m].copy()
-    x = pos[1, lo:lo + m].copy()
-    y1 = np.full(m, np.float32(-1.0))  # position one step ago
-    x1 = np.full(m, np.float32(-1.0))
-    y2 = np.full(m, np.float32(-2.0))  # position two steps ago
-    x2 = np.full(m, np.float32(-2.0))
-    active = np.arange(m)
-    n_active = m
-    if keep:
-        for j in range(m):
-            traj[0, 0, lo + j] = y[j]
-            traj[0, 1, lo + j] = x[j]
-    for t in range(n_iter):
-        k = 0
-        for a in range(n_active):
-            j = active[a]
-            if not keep and y[j] == y2[j] and x[j] == x2[j]:
-                if (n_iter - t) % 2 == 1:
-                    y[j] = y1[j]
-                    x[j] = x1[j]
-                continue
-            dy, dx = _interp(flows, y[j], x[j])
-            y2[j] = y1[j]
-            x2[j] = x1[j]
-            y1[j] = y[j]
-            x1[j] = x[j]
-            y[j] = min(ly, max(np.float32(0.0), y[j] + dy))
-            x[j] = min(lx, max(np.float32(0.0), x[j] + dx))
-            if keep:
-                traj[t + 1, 0, lo + j] = y[j]
-                traj[t + 1, 1, lo + j] = x[j]
-            active[k] = j
-            k += 1
-        n_active = k
-        if n_active == 0:
-            break
-    for j in range(m):
-        pos[0, lo + j] = y[j]
-        pos[1, lo + j] = x[j]
-
-
-@numba.njit(cache=True, nogil=True)
-def _follow_serial(flows, pos, n_iter, traj):
-    for ch in range((pos.shape[1] + _CHUNK - 1) // _CHUNK):
-        _follow_chunk(flows, pos, n_iter, traj, ch)
-
-
-@numba.njit(cache=True, parallel=True)
-def _follow_parallel(flows, pos, n_iter, traj):
-    for ch in numba.prange((pos.shape[1] + _CHUNK - 1) // _CHUNK):
-        _follow_chunk(flows, pos, n_iter, traj, ch)
-
-
-#: Euler steps (points x iterations) above which following runs on all numba
-#: threads; smaller jobs stay on one thread (see flows.PARALLEL_MIN_WORK).
-PARALLEL_MIN_STEPS = 20_000_000
-
-
-def _run(flows, starts, n_iter, return_trajectories):
-    if int(n_iter) != n_iter or n_iter < 0:
-        raise ValueError(f"n_iter must be a non-negative integer; got {n_iter!r}")
-    pos = np.ascontiguousarray(starts, dtype=np.float32).copy()
-    flows_last = np.ascontiguousarray(np.moveaxis(flows, 0, -1))
-    n_keep = int(n_iter) + 1 if return_trajectories else 1
-    traj = np.zeros((n_keep, 2, pos.shape[1] if return_trajectories else 0), np.float32)
-    kernel = _follow_parallel if pos.shape[1] * int(n_iter) >= PARALLEL_MIN_STEPS else _follow_serial
-    kernel(flows_last, pos, int(n_iter), traj)
-    return pos, (traj if return_trajectories else None)
-
-
 def follow_flows(flows, mask, *, n_iter=N_ITER, return_trajectories=False):
     """Move every pixel of ``mask`` along ``flows`` for ``n_iter`` Euler steps.
 
@@ -285,43 +173,6 @@ def trace_points(flows, points, *, n_iter=N_ITER):
 
 
 # ----------------------------------------------------------------------------- clustering
-@numba.njit(cache=True, nogil=True)
-def _grow_seeds(hist, seeds, out):
-    """Grow each seed (ascending count order) inside a small box over busy bins.
-
-    Later (bigger) seeds overwrite earlier ones, as in Cellpose.
-    """
-    side = 2 * GROW_RADIUS + 1
-    for k in range(seeds.shape[0]):
-        sy = seeds[k, 0] - GROW_RADIUS
-        sx = seeds[k, 1] - GROW_RADIUS
-        cur = np.zeros((side, side), np.bool_)
-        cur[GROW_RADIUS, GROW_RADIUS] = True
-        for _ in range(GROW_STEPS):
-            nxt = cur.copy()
-            for y in range(side):
-                for x in range(side):
-                    if cur[y, x]:
-                        continue
-                    hit = False
-                    for dy in range(-1, 2):
-                        for dx in range(-1, 2):
-                            yy = y + dy
-                            xx = x + dx
-                            if 0 <= yy < side and 0 <= xx < side and cur[yy, xx]:
-                                hit = True
-                    if hit:
-                        nxt[y, x] = True
-            for y in range(side):
-                for x in range(side):
-                    nxt[y, x] = nxt[y, x] and hist[sy + y, sx + x] > GROW_MIN_COUNT
-            cur = nxt
-        for y in range(side):
-            for x in range(side):
-                if cur[y, x]:
-                    out[sy + y, sx + x] = k + 1
-
-
 def cluster_endpoints(ends, starts, shape, *, max_size_fraction=MAX_SIZE_FRACTION):
     """Group followed pixels whose end points gather at the same fixed point.
 
@@ -379,38 +230,6 @@ def cluster_endpoints(ends, starts, shape, *, max_size_fraction=MAX_SIZE_FRACTIO
     return renumber(labels)
 
 
-def renumber(labels):
-    """Relabel objects 1..N in raster order of their first pixel; 0 stays 0.
-
-    Examples
-    --------
-    >>> renumber(np.array([[0, 7, 7], [3, 0, 9]])).tolist()
-    [[0, 1, 1], [2, 0, 3]]
-    """
-    lab = check_labels(labels)
-    if lab.size == 0:
-        return lab.astype(np.int32)
-    if int(lab.max()) > 4 * lab.size:  # sparse huge ids: compact them first
-        _, inverse = np.unique(lab, return_inverse=True)
-        lab = inverse.reshape(lab.shape).astype(np.int32) + (0 if lab.min() == 0 else 1)
-    return _renumber_kernel(lab, int(lab.max()))
-
-
-@numba.njit(cache=True, nogil=True)
-def _renumber_kernel(lab, max_id):
-    table = np.zeros(max_id + 1, np.int32)
-    out = np.empty(lab.shape, np.int32)
-    nxt = 1
-    for r in range(lab.shape[0]):
-        for c in range(lab.shape[1]):
-            v = lab[r, c]
-            if v != 0 and table[v] == 0:
-                table[v] = nxt
-                nxt += 1
-            out[r, c] = table[v]
-    return out
-
-
 # ----------------------------------------------------------------------------- QC
 def flow_errors(labels, flows):
     """Mean squared error between the flows of each mask and the given flows.
@@ -444,10 +263,12 @@ def flow_errors(labels, flows):
         return (sums / counts)[1:]
 
 
-def remove_bad_flow_masks(labels, flows, *, threshold=FLOW_THRESHOLD):
+def remove_bad_flow_masks(labels, flows, *, threshold=FLOW_THRESHOLD, errors=None):
     """Remove masks whose flow error exceeds ``threshold``.
 
-    Returns a new label image (ids not renumbered).
+    Returns a new label image (ids not renumbered).  ``errors``, if given, is
+    ``flow_errors(labels, flows)`` computed before (it does not depend on the
+    threshold).
 
     Examples
     --------
@@ -456,7 +277,13 @@ def remove_bad_flow_masks(labels, flows, *, threshold=FLOW_THRESHOLD):
     0
     """
     lab = check_labels(labels)
-    err = flow_errors(lab, flows)
+    if errors is None:
+        err = flow_errors(lab, flows)
+    else:
+        err = np.asarray(errors)
+        n = int(lab.max()) if lab.size else 0
+        if err.shape != (n,):
+            raise ValueError(f"errors must have shape ({n},), one per label id; got {err.shape}")
     bad = np.nonzero(err > threshold)[0] + 1
     out = lab.copy()
     if len(bad):
@@ -501,6 +328,44 @@ def _drop_small(labels, min_size):
 
 
 # ----------------------------------------------------------------------------- all steps
+def postprocess_masks(labels, flows, *, flow_threshold=FLOW_THRESHOLD, min_size=MIN_SIZE,
+                      errors=None):
+    """The steps after clustering: flow-error check, holes filled, small masks dropped.
+
+    What :func:`compute_masks` does to the masks of :func:`cluster_endpoints`:
+    :func:`remove_bad_flow_masks` (unless ``flow_threshold`` is 0 or None),
+    then :func:`fill_holes_and_remove_small_masks`, which renumbers 1..N.
+
+    Parameters
+    ----------
+    labels : ndarray (H, W) of int
+        Masks before the checks (e.g. from :func:`cluster_endpoints`).
+    flows : ndarray (2, H, W) of float
+        Unit-scale flows the masks came from.
+    flow_threshold : float or None
+        Maximum flow error of a kept mask; 0 or None turns the check off.
+    min_size : int
+        Masks smaller than this many pixels are removed (<= 0: keep all).
+    errors : ndarray (labels.max(),), optional
+        ``flow_errors(labels, flows)``, when already computed (e.g. to try
+        several flow thresholds on one clustering).
+
+    Returns
+    -------
+    labels : ndarray (H, W) of int32
+
+    Examples
+    --------
+    >>> lab = np.zeros((12, 12), int); lab[1:6, 1:6] = 3; lab[8:10, 8:10] = 7
+    >>> int(postprocess_masks(lab, masks_to_flows(lab), min_size=5).max())   # 2x2 is too small
+    1
+    """
+    lab = check_labels(labels)
+    if flow_threshold and lab.size and lab.max() > 0:
+        lab = remove_bad_flow_masks(lab, flows, threshold=flow_threshold, errors=errors)
+    return fill_holes_and_remove_small_masks(lab, min_size=min_size)
+
+
 def compute_masks(
     flows,
     cellprob,
@@ -553,6 +418,4 @@ def compute_masks(
         return np.zeros(prob.shape, np.int32)
     res = follow_flows(f * fg, fg, n_iter=n_iter)
     labels = cluster_endpoints(res.ends, res.starts, prob.shape, max_size_fraction=max_size_fraction)
-    if flow_threshold and labels.max() > 0:
-        labels = remove_bad_flow_masks(labels, f, threshold=flow_threshold)
-    return fill_holes_and_remove_small_masks(labels, min_size=min_size)
+    return postprocess_masks(labels, f, flow_threshold=flow_threshold, min_size=min_size)

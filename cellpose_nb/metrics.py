@@ -21,7 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from cellpose_nb.flows import check_labels
+from cellpose_nb.labels import check_labels
 
 __all__ = ["Matching", "matching", "average_precision", "matching_dataset", "iou_matrix"]
 

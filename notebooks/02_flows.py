@@ -90,7 +90,7 @@ import numpy as np
 from IPython.display import display
 
 from cellpose_nb import data, masks, metrics
-from cellpose_nb._fmm import geodesic_distance
+from cellpose_nb.fmm import geodesic_distance
 from cellpose_nb.flows import FLOW_SCALE, flows_to_rgb, heat_map, masks_to_flows, object_centers
 
 

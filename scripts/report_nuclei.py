@@ -30,6 +30,7 @@ from cellpose_nb import train as T
 from cellpose_nb.data import dataset_index, load_dsb2018
 from cellpose_nb.metrics import average_precision
 from cellpose_nb.predict import input_knobs, segment
+from cellpose_nb.predict.diameter import _find_size_model
 from cellpose_nb.normalize import to_network_input
 
 VAL_LIST = Path(__file__).with_name("dsb2018_val.txt")
@@ -84,7 +85,7 @@ def main(argv=None):
                                      progress=True)
         net.thresholds = {k: best[k] for k in ("cellprob_threshold", "flow_threshold")}
     try:
-        has_size = T._find_size_model(net, None) is not None
+        has_size = _find_size_model(net, None) is not None
     except ValueError:  # no size model (e.g. Cellpose train_seg weights)
         has_size = False
     rows = {"true_diameter": []} | ({"estimated_diameter": []} if has_size else {})

@@ -52,6 +52,7 @@ def test_train_reuses_memory_on_the_cpu_only():
     import torch
 
     from cellpose_nb import train as T
+    from cellpose_nb.train import loop
     from cellpose_nb.data import make_synthetic_dataset
     from cellpose_nb.model import CellposeUNet, ModelConfig
 
@@ -67,7 +68,7 @@ def test_train_reuses_memory_on_the_cpu_only():
     net = CellposeUNet(ModelConfig(features=(4, 8), diam_mean=12.0))
     config = T.TrainConfig(n_epochs=1, batch_size=2, crop_size=32, device="cpu", amp=False,
                            min_train_masks=1, warmup_epochs=0)
-    with mock.patch.object(T, "reuse_freed_memory", spy):
+    with mock.patch.object(loop, "reuse_freed_memory", spy):
         T.train(net, T.prepare_images([s.image for s in samples]), [s.labels for s in samples], config=config,
                 progress=False)
     assert calls == [True]

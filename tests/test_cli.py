@@ -56,7 +56,7 @@ def test_evaluate_table_and_csv(tmp_path, capsys):
 
 
 def test_parse_channels_errors():
-    from cellpose_nb.cli_commands import parse_channels
+    from cellpose_nb.cli import parse_channels
 
     with pytest.raises(ValueError, match="channel"):
         parse_channels(["cyto", "none"])

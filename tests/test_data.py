@@ -8,6 +8,7 @@ import tifffile
 from scipy import ndimage
 
 from cellpose_nb import data
+from cellpose_nb.data import datasets
 from cellpose_nb.data import (
     Sample,
     SyntheticSample,
@@ -368,7 +369,7 @@ def test_data_root_env(tmp_path, monkeypatch):
 
 def test_data_root_search(tmp_path, monkeypatch):
     monkeypatch.delenv("CELLPOSE_NB_DATA", raising=False)
-    monkeypatch.setattr(data, "__file__", str(tmp_path / "repo" / "cellpose_nb" / "data.py"))
+    monkeypatch.setattr(datasets, "_package_folder", lambda: tmp_path / "repo" / "cellpose_nb")
     work = tmp_path / "a" / "b" / "c"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
@@ -378,7 +379,7 @@ def test_data_root_search(tmp_path, monkeypatch):
     shared = tmp_path / "shared" / "data"
     shared.mkdir(parents=True)
     assert data_root() == shared.resolve()  # beside the repository
-    monkeypatch.setattr(data, "__file__", str(work / "pkg" / "data.py"))
+    monkeypatch.setattr(datasets, "_package_folder", lambda: work / "pkg")
     (tmp_path / "a" / "shared" / "data").mkdir(parents=True)
     assert data_root() == (tmp_path / "a" / "shared" / "data").resolve()  # ../../ from cwd
 

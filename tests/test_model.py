@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import types
 import urllib.error
 import urllib.request
 import warnings
@@ -241,6 +242,29 @@ def test_save_refuses_to_overwrite(tmp_path):
         M.save(net, tmp_path)
     M.save(net, tmp_path, overwrite=True)
     assert M.load(tmp_path).thresholds is None  # the stale thresholds.json was removed
+
+
+def test_the_record_is_saved_and_loaded_one_file_per_field(tmp_path):
+    net = _small_model()
+    assert net.record == M.ModelRecord(diam_labels=net.config.diam_mean)
+    size_model = {"coef": [0.5], "style_mean": [0.25], "target_mean": 0.0, "diam_mean": 30.0}
+    net.record = net.record.replace(
+        diam_labels=21.5, thresholds={"flow_threshold": 0.6}, training={"epochs": 3},
+        size_model=types.SimpleNamespace(to_dict=lambda: size_model),  # stored as its dict
+        input_recipe={"channels": ["gray", None], "invert": "auto"})
+    M.save(net, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {M.WEIGHTS_FILE, M.CONFIG_FILE,
+                                                     *M.RECORD_FILES.values()}
+    assert json.loads((tmp_path / M.SIZE_MODEL_FILE).read_text()) == size_model
+    back = M.load(tmp_path)
+    assert back.record == net.record
+    # the former attribute names read the record (and, for a transition, replace it)
+    assert back.training_record == {"epochs": 3} and back.size_model == size_model
+    assert back.diam_labels == 21.5 and back.thresholds == {"flow_threshold": 0.6}
+    back.thresholds = None
+    assert back.record.thresholds is None and net.record.thresholds is not None
+    M.save(back, tmp_path, overwrite=True)
+    assert not (tmp_path / M.THRESHOLDS_FILE).exists()
 
 
 def test_load_errors(tmp_path):

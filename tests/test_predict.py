@@ -1,9 +1,7 @@
 """Tests of cellpose_nb.predict: shapes, tiling, augmentation, rescaling, thresholds,
 streaming memory, errors, and an oracle network that must give back known labels."""
 
-import sys
 import tracemalloc
-import types
 
 import numpy as np
 import pytest
@@ -11,10 +9,12 @@ import torch
 from scipy import ndimage as ndi
 
 from cellpose_nb import predict as P
+from cellpose_nb.predict import segmentation as S
 from cellpose_nb.data import make_synthetic
 from cellpose_nb.flows import FLOW_SCALE, masks_to_flows
 from cellpose_nb.metrics import matching
 from cellpose_nb.model import CellposeUNet, ModelConfig
+from cellpose_nb.normalize import to_network_input
 
 DIAM = 12.0
 
@@ -100,7 +100,7 @@ def _spy(monkeypatch):
         seen.update(kw)
         return np.zeros(cellprob.shape, np.int32)
 
-    monkeypatch.setattr(P, "compute_masks", fake_compute_masks)
+    monkeypatch.setattr(S, "compute_masks", fake_compute_masks)
     return seen
 
 
@@ -122,25 +122,43 @@ def test_thresholds_come_from_the_model(monkeypatch):
 
 
 def test_diameter_none_without_size_model_warns_and_uses_diam_mean(net, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cellpose_nb.train", None)  # import fails
-    with pytest.warns(UserWarning, match="diam_mean"):
+    def no_call(*args, **kw):
+        raise AssertionError("estimate_diameter called for a model without a size model")
+
+    monkeypatch.setattr(S, "estimate_diameter", no_call)
+    with pytest.warns(UserWarning, match="no size model.*diam_mean"):
         res = P.segment(_smooth((40, 40)), net)
     assert res.diameter == DIAM
 
 
-def test_diameter_none_with_a_model_without_size_model_warns(net):
-    pytest.importorskip("cellpose_nb.train")  # the real estimate_diameter raises ValueError
-    with pytest.warns(UserWarning, match="size model"):
-        res = P.segment(_smooth((40, 40)), net)
-    assert res.diameter == DIAM
+def test_diameter_none_uses_the_models_size_model():
+    net = _tiny_model()
+    net.size_model = P.SizeModel(np.zeros(16), np.zeros(16), np.log(2.0), DIAM)
+    img = _smooth((40, 40))
+    x = to_network_input(img)
+    want = P.estimate_diameter(net, x).diameter
+    res = P.segment(img, net)
+    assert res.diameter == want and res.labels.shape == (40, 40)
 
 
-def test_diameter_none_uses_estimate_diameter_when_available(net, monkeypatch):
-    fake = types.ModuleType("cellpose_nb.train")
-    fake.estimate_diameter = lambda model, x: types.SimpleNamespace(diameter=24.0)
-    monkeypatch.setitem(sys.modules, "cellpose_nb.train", fake)
+def test_diameter_none_uses_estimate_diameter(monkeypatch):
+    net = _tiny_model()
+    net.size_model = P.SizeModel(np.zeros(16), np.zeros(16), 0.0, DIAM)
+    monkeypatch.setattr(S, "estimate_diameter",
+                        lambda model, x, size_model: P.DiameterEstimate(24.0, 24.0))
     res = P.segment(_smooth((40, 40)), net)
     assert res.diameter == 24.0 and res.labels.shape == (40, 40)
+    monkeypatch.setattr(S, "estimate_diameter",
+                        lambda model, x, size_model: P.DiameterEstimate(np.inf, np.inf))
+    with pytest.warns(UserWarning, match="size model returned inf"):
+        assert P.segment(_smooth((40, 40)), net).diameter == DIAM
+
+
+def test_a_broken_size_model_raises_instead_of_being_ignored():
+    net = _tiny_model()
+    net.size_model = P.SizeModel(np.zeros(3), np.zeros(3), 0.0, DIAM)  # style has 16 values
+    with pytest.raises(ValueError):
+        P.segment(_smooth((40, 40)), net)
 
 
 # --- tiling -----------------------------------------------------------------------------
@@ -297,8 +315,8 @@ def test_input_recipe_of_the_model_is_the_default(monkeypatch, tmp_path):
     rgb = np.zeros((48, 48, 3), np.float32) + 0.9  # light background ...
     rgb[10:22, 10:22] = (0.3, 0.1, 0.4)  # ... with a dark purple "nucleus"
     seen = []
-    real = P.to_network_input
-    monkeypatch.setattr(P, "to_network_input", lambda *a, **k: seen.append(k) or real(*a, **k))
+    real = S.to_network_input
+    monkeypatch.setattr(S, "to_network_input", lambda *a, **k: seen.append(k) or real(*a, **k))
     P.segment(rgb[..., 0], net, diameter=DIAM)  # no recipe: channel 0, no inversion
     assert (seen[-1]["channels"], seen[-1]["invert"]) == ((0, None), False)
     net.input_recipe = {"channels": ["gray", None], "invert": "auto"}

@@ -11,6 +11,10 @@ import tifffile
 import torch
 
 from cellpose_nb import train as T
+from cellpose_nb.predict import predict_flows
+from cellpose_nb.predict.net import _masks_at_scale
+from cellpose_nb.train import recipe, steps
+from cellpose_nb.train.thresholds import _masks_over_flow_grid
 from cellpose_nb.data import make_synthetic, make_synthetic_dataset
 from cellpose_nb.flows import masks_to_flows
 from cellpose_nb.masks import compute_masks
@@ -181,7 +185,7 @@ def test_amp_on_the_cpu_trains_in_bfloat16(trained, tiny_data):
 
 def test_nan_loss_stops_with_a_clear_error(tiny_data, monkeypatch):
     images, labels = tiny_data
-    monkeypatch.setattr(T, "segmentation_loss",
+    monkeypatch.setattr(steps, "segmentation_loss",
                         lambda y, f, m: (y * float("nan")).mean())
     with pytest.raises(RuntimeError, match=r"epoch 1, batch 1.*lower learning_rate"):
         T.train(tiny_net(), images[:2], labels[:2], config=tiny_config(), progress=False)
@@ -190,7 +194,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_data, monkeypatch):
 def test_ctrl_c_saves_a_checkpoint(tiny_data, tmp_path, monkeypatch):
     images, labels = tiny_data
     calls = {"n": 0}
-    real = T.random_transform
+    real = steps.random_transform
 
     def interrupt_in_epoch_two(*args, **kw):
         calls["n"] += 1
@@ -198,7 +202,7 @@ def test_ctrl_c_saves_a_checkpoint(tiny_data, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(T, "random_transform", interrupt_in_epoch_two)
+    monkeypatch.setattr(steps, "random_transform", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         T.train(tiny_net(), images[:4], labels[:4], config=tiny_config(save_every=10),
                 out_dir=tmp_path, progress=False)
@@ -252,7 +256,7 @@ def test_flow_grid_shortcut_equals_compute_masks():
     flows = masks_to_flows(labels) + rng.normal(0, 0.4, (2, 96, 96)).astype(np.float32)
     cellprob = np.where(labels > 0, 3.0, -3.0) + rng.normal(0, 2, labels.shape)
     grid = (0.2, 0.4, 0.0)
-    fast = T._masks_over_flow_grid(flows, cellprob, 0.5, grid, 200, 15)
+    fast = _masks_over_flow_grid(flows, cellprob, 0.5, grid, 200, 15)
     for threshold, got in zip(grid, fast):
         want = compute_masks(flows, cellprob, cellprob_threshold=0.5, flow_threshold=threshold)
         np.testing.assert_array_equal(got, want)
@@ -292,6 +296,30 @@ def test_train_folder_end_to_end(tmp_path):
     assert T.load_size_model(folder).diam_mean == DIAM
 
 
+def test_train_folder_seeds_the_weights_not_the_global_rng(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    for k, s in enumerate(make_synthetic_dataset(2, shape=(48, 48), seed=1, n_cells=6,
+                                                 diameter=DIAM, kind="nuclei")):
+        tifffile.imwrite(data / f"s{k}_img.tif", s.image)
+        tifffile.imwrite(data / f"s{k}_masks.tif", s.labels.astype(np.uint16))
+    seen = {}
+
+    def no_training(net, *args, **kw):  # the initial weights, without training
+        seen.update({k: v.clone() for k, v in net.state_dict().items()})
+        return T.TrainResult(net, [], False, None, None)
+
+    monkeypatch.setattr(recipe, "train", no_training)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    T.train_folder(data, out_dir=tmp_path / "run", model_config=ModelConfig(features=TINY,
+                   diam_mean=DIAM), val_fraction=0.5, seed=7, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched ...
+    want = tiny_net(seed=7).state_dict()  # ... and the weights are torch.manual_seed(7)'s
+    assert seen.keys() == want.keys()
+    assert all(torch.equal(seen[k], want[k]) for k in want)
+
+
 def test_training_predictions_are_segments_outputs():
     # validation AP, the size model and optimize_thresholds see exactly what segment() computes
     from cellpose_nb.predict import segment
@@ -300,11 +328,11 @@ def test_training_predictions_are_segments_outputs():
     x = T.prepare_images([s.image])[0]
     net = tiny_net().eval()
     diameter = 13.0
-    pred = T._predict(net, x, rescale=net.config.diam_mean / diameter)
+    pred = predict_flows(net, x, scale=net.config.diam_mean / diameter)
     seg = segment(s.image, net, diameter=diameter, cellprob_threshold=0.0, flow_threshold=0.4)
     np.testing.assert_array_equal(pred.flows, seg.flows)
     np.testing.assert_array_equal(pred.cellprob, seg.cellprob)
-    masks = T._segment(net, x, rescale=net.config.diam_mean / diameter)
+    masks = _masks_at_scale(net, x, scale=net.config.diam_mean / diameter)
     np.testing.assert_array_equal(masks, seg.labels)
 
 def test_float16_path_scales_the_loss_and_checkpoints_the_scaler(tiny_data, tmp_path,

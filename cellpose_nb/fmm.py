@@ -13,11 +13,30 @@ from __future__ import annotations
 import numpy as np
 from skimage.graph import MCP_Geometric
 
+from cellpose_nb.labels import _centers_kernel, _object_table, check_labels
+
+__all__ = ["fmm_flows", "geodesic_distance"]
+
 
 def fmm_flows(labels):
-    """Unit flows from geodesic distances; see :func:`cellpose_nb.flows.masks_to_flows`."""
-    from cellpose_nb.flows import _centers_kernel, _object_table
+    """Unit flows from geodesic distances: ``masks_to_flows(labels, method="fmm")``.
 
+    Parameters
+    ----------
+    labels : ndarray (H, W) of int
+
+    Returns
+    -------
+    flows : ndarray (2, H, W) of float32
+        (d_row, d_col), unit length on object pixels, 0 on the background.
+
+    Examples
+    --------
+    >>> lab = np.zeros((5, 7), np.int32); lab[2, 1:6] = 1
+    >>> (fmm_flows(lab)[1, 2] + 0.0).tolist()   # a row of pixels points at its middle
+    [0.0, 1.0, 1.0, 0.0, -1.0, -1.0, 0.0]
+    """
+    labels = check_labels(labels)
     flows = np.zeros((2,) + labels.shape, np.float32)
     work, work_ids, _, boxes = _object_table(labels)
     if not len(work_ids):

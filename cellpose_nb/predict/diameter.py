@@ -1,0 +1,197 @@
+"""The size model: from the network's style vector to the cells' diameter.
+
+:class:`SizeModel` (a ridge regression, Cellpose's ``SizeModel``) and
+:func:`estimate_diameter`, used by :func:`~cellpose_nb.predict.segment` when no
+diameter is given.  It is fitted by :func:`cellpose_nb.train.fit_size_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from cellpose_nb.flows import check_labels
+from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD
+from cellpose_nb.predict.net import _masks_at_scale, predict_flows
+
+__all__ = ["MIN_DIAMETER", "SIZE_MODEL_FILE", "SizeModel", "DiameterEstimate",
+           "median_diameter", "load_size_model", "estimate_diameter"]
+
+MIN_DIAMETER = 5.0  # Cellpose clamps training diameters and size estimates to >= 5 px
+SIZE_MODEL_FILE = "size_model.json"
+
+
+def median_diameter(labels) -> float:
+    """Median object diameter, ``sqrt(4 * area / pi)`` (``cellpose.utils.diameters``).
+
+    Returns 0.0 for an image without objects.
+
+    Examples
+    --------
+    >>> lab = np.zeros((30, 30), int); lab[:10, :10] = 1
+    >>> round(median_diameter(lab), 3)   # a 10 x 10 square: 2 * 10 / sqrt(pi)
+    11.284
+    """
+    lab = check_labels(labels)
+    counts = np.bincount(lab.ravel())[1:]
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return 0.0
+    return float(np.median(np.sqrt(counts)) / (np.sqrt(np.pi) / 2))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SizeModel:
+    """Ridge regression from the style vector to the log object diameter (Cellpose's
+    ``SizeModel``): ``diameter = exp(coef @ (style - style_mean) + target_mean) * diam_mean``.
+
+    Attributes
+    ----------
+    coef : ndarray (S,)
+        Regression weights (Cellpose's ``A``).
+    style_mean : ndarray (S,)
+        Mean training style (``smean``).
+    target_mean : float
+        Mean of ``log(diameter / diam_mean)`` over the training crops (``ymean``).
+    diam_mean : float
+        The model's mean diameter.
+
+    Examples
+    --------
+    >>> sm = SizeModel(np.zeros(2), np.zeros(2), 0.0, 17.0)
+    >>> sm.predict(np.ones((1, 2))).tolist()
+    [17.0]
+    """
+
+    coef: np.ndarray
+    style_mean: np.ndarray
+    target_mean: float
+    diam_mean: float
+
+    def predict(self, styles) -> np.ndarray:
+        """Diameters (px, >= MIN_DIAMETER) for styles of shape (N, S)."""
+        styles = np.atleast_2d(np.asarray(styles, np.float64))
+        log_ratio = (styles - self.style_mean) @ self.coef + self.target_mean
+        return np.maximum(MIN_DIAMETER, np.exp(log_ratio) * self.diam_mean)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (inverse: :meth:`from_dict`)."""
+        return {"coef": self.coef.tolist(), "style_mean": self.style_mean.tolist(),
+                "target_mean": float(self.target_mean), "diam_mean": float(self.diam_mean)}
+
+    @classmethod
+    def from_dict(cls, d) -> SizeModel:
+        """Build from :meth:`to_dict` output."""
+        return cls(np.asarray(d["coef"], np.float64), np.asarray(d["style_mean"], np.float64),
+                   float(d["target_mean"]), float(d["diam_mean"]))
+
+
+def load_size_model(folder) -> SizeModel:
+    """Read ``size_model.json`` from a model folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = Path(tmp, SIZE_MODEL_FILE).write_text(json.dumps(
+    ...         SizeModel(np.zeros(2), np.zeros(2), 0.0, 30.0).to_dict()))
+    ...     load_size_model(tmp).diam_mean
+    30.0
+    """
+    path = Path(folder) / SIZE_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {SIZE_MODEL_FILE} in {folder}: fit one with fit_size_model")
+    return SizeModel.from_dict(json.loads(path.read_text()))
+
+
+def _stored_size_model(model):
+    """The model's own size model: ``model.size_model`` (a SizeModel, or its
+    :meth:`~SizeModel.to_dict` as the model's record keeps it), else the one in
+    its ``training_record``, else None."""
+    stored = getattr(model, "size_model", None)
+    if stored is not None:
+        return stored if isinstance(stored, SizeModel) else SizeModel.from_dict(stored)
+    record = getattr(model, "training_record", None) or {}
+    if record.get("size_model"):
+        return SizeModel.from_dict(record["size_model"])
+    return None
+
+
+def _find_size_model(model, size_model):
+    """``size_model`` if given, else the model's own; raises if there is none."""
+    if size_model is not None:
+        return size_model
+    found = _stored_size_model(model)
+    if found is None:
+        raise ValueError("this model has no size model: pass size_model=fit_size_model(...) or "
+                         "load_size_model(folder), or give the diameter yourself")
+    return found
+
+
+class DiameterEstimate(NamedTuple):
+    """Result of :func:`estimate_diameter`.
+
+    Attributes
+    ----------
+    diameter : float
+        Final estimate: median diameter of the masks found at the style's
+        scale (``refine=True``), else the style estimate.
+    diameter_style : float
+        Estimate from the style vector alone.
+    """
+
+    diameter: float
+    diameter_style: float
+
+
+def estimate_diameter(model, image, *, size_model=None, refine=True,
+                      cellprob_threshold=CELLPROB_THRESHOLD,
+                      flow_threshold=FLOW_THRESHOLD) -> DiameterEstimate:
+    """Estimate the median object diameter of one image (Cellpose's ``SizeModel.eval``).
+
+    The network runs once on the image as it is; its style gives a first
+    estimate.  With ``refine`` the image is then segmented at that scale
+    and the median diameter of the masks is returned (Cellpose's second step).
+
+    Parameters
+    ----------
+    model : CellposeUNet
+    image : ndarray (2, H, W) of float32
+        A network input.
+    size_model : SizeModel, optional
+        Default: ``model.size_model`` or the one in ``model.training_record``.
+    refine : bool
+        Segment at the style's scale and measure the masks.
+    cellprob_threshold, flow_threshold : float
+        Used by the refinement.
+
+    Returns
+    -------
+    DiameterEstimate
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> net = CellposeUNet(ModelConfig(features=(4, 8), diam_mean=10.0))
+    >>> sm = SizeModel(np.zeros(8), np.zeros(8), np.log(2.0), 10.0)
+    >>> estimate_diameter(net, np.zeros((2, 16, 16), np.float32), size_model=sm,
+    ...                   refine=False).diameter_style
+    20.0
+    """
+    sm = _find_size_model(model, size_model)
+    x = np.asarray(image, np.float32)
+    if x.ndim != 3 or x.shape[0] != model.config.n_channels:
+        raise ValueError(f"image has shape {x.shape}; expected a network input "
+                         f"({model.config.n_channels}, H, W)")
+    style = predict_flows(model, x).style
+    d_style = float(sm.predict(style[None])[0]) if np.isfinite(style).all() else sm.diam_mean
+    if not refine:
+        return DiameterEstimate(d_style, d_style)
+    masks = _masks_at_scale(model, x, scale=sm.diam_mean / d_style,
+                            cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold)
+    d = median_diameter(masks)
+    return DiameterEstimate(d if d > 0 else d_style, d_style)

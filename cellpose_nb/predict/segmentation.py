@@ -1,0 +1,217 @@
+"""From an image to labels in one call: :func:`segment` and :func:`segment_many`.
+
+The knobs a model brings along are resolved here: its input recipe
+(:func:`input_knobs`), its tuned thresholds, and its size model when no
+diameter is given.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, MIN_SIZE, compute_masks
+from cellpose_nb.normalize import to_network_input
+from cellpose_nb.predict.diameter import _stored_size_model, estimate_diameter
+from cellpose_nb.predict.net import n_iter_for, predict_flows
+from cellpose_nb.predict.tiles import TILE_OVERLAP, TILE_SIZE
+
+__all__ = ["Segmentation", "segment", "segment_many", "input_knobs"]
+
+DEFAULT_CHANNELS = (0, None)  # network input of a model without an input recipe
+# keys read from model.thresholds, first match wins
+THRESHOLD_KEYS = {"cellprob_threshold": ("cellprob_threshold", "cellprob"),
+                  "flow_threshold": ("flow_threshold", "flow")}
+
+
+class Segmentation(NamedTuple):
+    """Result of :func:`segment`, everything at the original image size.
+
+    Attributes
+    ----------
+    labels : ndarray (H, W) of int32
+        0 = background, 1..N = cells.
+    flows : ndarray (2, H, W) of float32
+        Predicted (d_row, d_col) at unit scale (network output / FLOW_SCALE).
+    cellprob : ndarray (H, W) of float32
+        Predicted cell-probability logits.
+    style : ndarray (n_style,) of float32
+        Style vector, summed over tiles and L2-normalised.
+    diameter : float
+        The cell diameter (px) used to rescale the image.
+    """
+
+    labels: np.ndarray
+    flows: np.ndarray
+    cellprob: np.ndarray
+    style: np.ndarray
+    diameter: float
+
+
+def _resolve_diameter(model, x, diameter):
+    if diameter is not None:
+        d = float(diameter)
+        if not (math.isfinite(d) and d > 0):
+            raise ValueError(f"diameter must be a positive number of pixels (or None to "
+                             f"estimate it); got {diameter!r}")
+        return d
+    diam_mean = float(model.config.diam_mean)
+    size_model = _stored_size_model(model)
+    if size_model is None:
+        reason = ("the model has no size model (fit one with "
+                  "cellpose_nb.train.fit_size_model)")
+    else:
+        d = float(estimate_diameter(model, x, size_model=size_model).diameter)
+        if math.isfinite(d) and d > 0:
+            return d
+        reason = f"the size model returned {d}"
+    warnings.warn(f"diameter=None: {reason}; using the model's diam_mean = {diam_mean:g} px. "
+                  "Pass diameter= to set the cell size.", UserWarning, stacklevel=3)
+    return diam_mean
+
+
+def _thresholds(model, cellprob_threshold, flow_threshold):
+    tuned = getattr(model, "thresholds", None) or {}
+    chosen = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold}
+    defaults = {"cellprob_threshold": CELLPROB_THRESHOLD, "flow_threshold": FLOW_THRESHOLD}
+    for name, keys in THRESHOLD_KEYS.items():
+        if chosen[name] is None:
+            found = [tuned[k] for k in keys if k in tuned]
+            chosen[name] = float(found[0]) if found else defaults[name]
+    return chosen
+
+
+def input_knobs(model, channels=None, invert=None):
+    """``channels`` and ``invert`` for :func:`segment`: the caller's, else the model's recipe.
+
+    A model trained by :func:`cellpose_nb.train.train_folder` remembers how its
+    training images became network input (``model.input_recipe``, saved as
+    ``input.json``); without one the defaults are ``(0, None)`` and ``False``.
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> net = CellposeUNet(ModelConfig(features=(4, 8)))
+    >>> input_knobs(net)
+    ((0, None), False)
+    >>> net.input_recipe = {"channels": ["gray", None], "invert": "auto"}
+    >>> input_knobs(net), input_knobs(net, channels=(1, 0), invert=False)
+    ((('gray', None), 'auto'), ((1, 0), False))
+    """
+    recipe = getattr(model, "input_recipe", None) or {}
+    if channels is None:
+        channels = tuple(recipe.get("channels", DEFAULT_CHANNELS))
+    if invert is None:
+        invert = recipe.get("invert", False)
+    return tuple(channels), invert
+
+
+def segment(image, model, *, diameter=None, channels=None, channel_axis=None,
+            invert=None, normalize=True, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP,
+            augment=False, cellprob_threshold=None, flow_threshold=None, min_size=MIN_SIZE,
+            n_iter=None, batch_size=None, device=None, precision="float32"):
+    """Segment an image (or a list of images) with a trained model.
+
+    Parameters
+    ----------
+    image : ndarray (H, W) or (H, W, C), or a list of them
+        See :func:`~cellpose_nb.normalize.to_network_input` for ``channels``,
+        ``channel_axis``, ``invert`` and ``normalize``.
+    model : CellposeUNet
+        Anything with ``forward(x) -> (y, style)`` and ``config.diam_mean``.
+    diameter : float, optional
+        Cell diameter in pixels; the image is rescaled by ``diam_mean / diameter``.
+        None: estimated by :func:`~cellpose_nb.predict.estimate_diameter` when the
+        model has a size model (``model.size_model`` or one in its training record),
+        else the model's ``diam_mean`` (no rescaling) with a warning.
+    channels, channel_axis, invert, normalize
+        Passed to ``to_network_input``.  ``channels=None`` and ``invert=None``
+        take the model's ``input_recipe`` (see :func:`input_knobs`), e.g. the
+        shipped nuclei model's ``("gray", None)`` and ``"auto"``: colour images
+        are turned to gray and images with dark nuclei on a light background
+        (histology, brightfield) inverted; ``(0, None)`` and ``False`` without one.
+    tile_size, tile_overlap, augment, batch_size, device, precision
+        See :func:`~cellpose_nb.predict.run_net`.
+    cellprob_threshold, flow_threshold : float, optional
+        None: the model's tuned ``thresholds`` if it has them, else
+        :mod:`cellpose_nb.masks`' ``CELLPROB_THRESHOLD`` (0.0) and ``FLOW_THRESHOLD`` (0.4).
+    min_size, n_iter
+        See :func:`~cellpose_nb.masks.compute_masks`.  ``n_iter=None`` follows the
+        flows ``200 * diameter / diam_mean`` steps, as Cellpose's ``eval`` does:
+        the masks are computed at the original size, where cells are that much
+        larger (or smaller) than the model's.
+
+    Returns
+    -------
+    Segmentation, or a list of them for a list of images
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> _ = torch.manual_seed(0)
+    >>> net = CellposeUNet(ModelConfig(features=(8, 16), diam_mean=10.0)).eval()
+    >>> res = segment(np.random.default_rng(0).random((40, 50)), net, diameter=12.0)
+    >>> res.labels.shape, res.labels.dtype, res.flows.shape, res.cellprob.shape, res.diameter
+    ((40, 50), dtype('int32'), (2, 40, 50), (40, 50), 12.0)
+    """
+    knobs = dict(diameter=diameter, channels=channels, channel_axis=channel_axis,
+                 invert=invert, normalize=normalize, tile_size=tile_size,
+                 tile_overlap=tile_overlap, augment=augment,
+                 cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
+                 min_size=min_size, n_iter=n_iter, batch_size=batch_size, device=device,
+                 precision=precision)
+    if isinstance(image, list):
+        return [segment(im, model, **knobs) for im in image]
+    channels, invert = input_knobs(model, channels, invert)
+    x = to_network_input(image, channels=channels, channel_axis=channel_axis,
+                         normalize=normalize, invert=invert)
+    diameter = _resolve_diameter(model, x, diameter)
+    scale = float(model.config.diam_mean) / diameter
+    pred = predict_flows(model, x, scale=scale, tile_size=tile_size, tile_overlap=tile_overlap,
+                         augment=augment, batch_size=batch_size, device=device,
+                         precision=precision)
+    del x
+    th = _thresholds(model, cellprob_threshold, flow_threshold)
+    if n_iter is None:
+        n_iter = n_iter_for(scale)
+    labels = compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter, min_size=min_size)
+    return Segmentation(labels=labels, flows=pred.flows, cellprob=pred.cellprob,
+                        style=pred.style, diameter=diameter)
+
+
+def segment_many(images, model, *, progress=True, **knobs):
+    """:func:`segment` each image of an iterable, with a tqdm progress bar.
+
+    Parameters
+    ----------
+    images : iterable of ndarray
+        Images are read one at a time, so a generator over files streams them.
+    model : CellposeUNet
+    progress : bool
+        Show the progress bar.
+    **knobs
+        Keyword arguments of :func:`segment`.
+
+    Returns
+    -------
+    list of Segmentation
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> _ = torch.manual_seed(0)
+    >>> net = CellposeUNet(ModelConfig(features=(8, 16), diam_mean=10.0)).eval()
+    >>> imgs = [np.random.default_rng(s).random((32, 32)) for s in range(2)]
+    >>> [r.labels.shape for r in segment_many(imgs, net, diameter=10.0, progress=False)]
+    [(32, 32), (32, 32)]
+    """
+    from tqdm.auto import tqdm
+
+    total = len(images) if hasattr(images, "__len__") else None
+    return [segment(im, model, **knobs)
+            for im in tqdm(images, total=total, desc="segment", disable=not progress)]

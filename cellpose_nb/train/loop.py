@@ -1,0 +1,275 @@
+"""The training loop: :func:`train` and its epochs, validation, time budget and files.
+
+Around Cellpose's recipe: a CSV history, resumable checkpoints, a NaN guard,
+a wall-time budget (``max_minutes``) and the saved model with its training
+record.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cellpose_nb import model as model_io
+from cellpose_nb._alloc import reuse_freed_memory
+from cellpose_nb.metrics import average_precision
+from cellpose_nb.predict.net import _masks_at_scale
+from cellpose_nb.train.checkpoint import (
+    _atomic_torch_save,
+    _check_resumable,
+    _versions,
+    _write_history,
+)
+from cellpose_nb.train.config import (
+    AP_IOU,
+    CHECKPOINT_FILE,
+    FLOW_CACHE_DIR,
+    HISTORY_FILE,
+    MODEL_DIR,
+    TrainConfig,
+    TrainResult,
+)
+from cellpose_nb.train.inputs import (
+    _check_inputs,
+    _drop_sparse,
+    _rescale_factors,
+    cached_flows,
+    data_hash,
+)
+from cellpose_nb.train.loss import learning_rate_schedule
+from cellpose_nb.train.precision import _torch_threads
+from cellpose_nb.train.steps import _epoch_rng, _Run, _validation_rng
+
+__all__ = ["train"]
+
+
+def _validate(run, val):
+    """Validation loss on fixed random crops and AP@0.5 on the whole images."""
+    model, config = run.model, run.config
+    model.eval()
+    rng, total = _validation_rng(config.seed), 0.0
+    order = np.arange(len(val["images"]))
+    with torch.no_grad():
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            x, f, m = run.batch(idx, rng, **val)
+            total += run.loss(x, f, m).item() * len(idx)
+    preds = [_masks_at_scale(model, x, scale=r) for x, r in zip(val["images"], val["rescale"])]
+    ap = average_precision(val["labels"], preds, thresholds=[AP_IOU])[:, 0]
+    model.train()
+    return total / len(order), float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+def train(model, train_images, train_labels, *, config=None, val_images=None,
+          val_labels=None, out_dir=None, resume=False, progress=True, train_names=None,
+          val_names=None, command=None) -> TrainResult:
+    """Train ``model`` (in place) the Cellpose way.
+
+    Parameters
+    ----------
+    model : CellposeUNet
+        Trained in place and moved to ``config.device``.
+    train_images : sequence of ndarray (2, H, W) of float32
+        Network inputs (see :func:`~cellpose_nb.train.prepare_images`); sizes may differ.
+    train_labels : sequence of ndarray (H, W) of int
+    config : TrainConfig, optional
+    val_images, val_labels : sequences, optional
+        Validation set: loss on fixed random crops and AP@0.5 on the whole
+        images (zoomed by ``diam_mean / true median diameter``), every
+        ``config.val_every`` epochs and after the last.
+    out_dir : path, optional
+        Run folder: ``history.csv`` (rewritten every epoch), ``checkpoint.pt``
+        (model, optimizer, epoch, history; every ``save_every`` epochs, on
+        Ctrl-C and at the end), ``flows/`` (cached flows) and at the end
+        ``model/`` (:func:`cellpose_nb.model.save` with the training record).
+        An existing checkpoint is never overwritten unless ``resume``.
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt``.  With the same config and
+        data the result equals an uninterrupted run (unless the checkpoint
+        was written on Ctrl-C in the middle of an epoch: that epoch restarts
+        from the partly updated weights).
+    progress : bool
+        tqdm bar over the epochs, with the last losses as postfix.
+    train_names, val_names : sequence of str, optional
+        Recorded in the training record.
+    command : str or sequence of str, optional
+        The command line, recorded in the training record.
+
+    Returns
+    -------
+    TrainResult
+        ``model`` (eval mode), ``history``, ``completed``, ``out_dir``, ``model_dir``.
+
+    Raises
+    ------
+    RuntimeError
+        If the loss becomes NaN or infinite (names the epoch and batch).
+    KeyboardInterrupt
+        Re-raised after writing a checkpoint.
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> lab = np.zeros((32, 32), np.int32)
+    >>> for k in range(5): lab[2 + 6 * k: 6 + 6 * k, 4:12] = k + 1
+    >>> x = np.stack([lab > 0, np.zeros_like(lab)]).astype(np.float32)
+    >>> _ = torch.manual_seed(0)
+    >>> net = CellposeUNet(ModelConfig(features=(4, 8), diam_mean=6.0))
+    >>> cfg = TrainConfig(n_epochs=2, batch_size=2, crop_size=32, warmup_epochs=0)
+    >>> res = train(net, [x, x], [lab, lab], config=cfg, progress=False)
+    >>> [sorted(h) for h in res.history][0]
+    ['epoch', 'lr', 'seconds', 'train_loss', 'val_ap50', 'val_loss']
+    """
+    t_call = time.perf_counter()  # max_minutes counts from here (flows included)
+    config = TrainConfig() if config is None else config
+    n_channels = model.config.n_channels
+    images, labels = _check_inputs(train_images, train_labels, n_channels, "training")
+    if len(images) == 0:
+        raise ValueError("no training images given")
+    have_val = val_images is not None and len(val_images) > 0
+    if have_val:
+        v_images, v_labels = _check_inputs(val_images, val_labels, n_channels, "validation")
+    diam_mean = model.config.diam_mean if config.diam_mean is None else float(config.diam_mean)
+    if diam_mean != model.config.diam_mean:
+        raise ValueError(f"config.diam_mean={config.diam_mean} differs from the model's "
+                         f"{model.config.diam_mean}; build the model with "
+                         f"ModelConfig(diam_mean={config.diam_mean})")
+    digest = data_hash(images, labels)
+    # a model that was trained before (fine-tuning, or training in stages): keep its
+    # record inside the new one, so that the whole lineage travels with the weights
+    previous_record = getattr(model, "training_record", None)
+    names = list(train_names) if train_names is not None else None
+    images, labels, names, kept = _drop_sparse(images, labels, names, config.min_train_masks)
+
+    out = None if out_dir is None else Path(out_dir)
+    checkpoint = None if out is None else out / CHECKPOINT_FILE
+    if resume and (checkpoint is None or not checkpoint.is_file()):
+        raise FileNotFoundError(f"resume=True but there is no checkpoint {checkpoint}")
+    if not resume and checkpoint is not None and checkpoint.exists():
+        raise FileExistsError(f"{checkpoint} exists: pass resume=True to continue that run, "
+                              f"or choose another out_dir")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    device = model_io.resolve_device(config.device)
+    # on the CPU, reuse the heap for the activations of each step (cellpose_nb._alloc)
+    with _torch_threads(config.num_threads), reuse_freed_memory(device.type == "cpu"):
+        flows = cached_flows(labels, progress=progress,
+                             cache_dir=None if out is None else out / FLOW_CACHE_DIR)
+        diams, rescale = _rescale_factors(labels, diam_mean, config.rescale)
+        model.to(device)
+        model.diam_labels = float(diams.mean())
+        run = _Run(model, config, images, labels, flows, rescale, device)
+        val = None
+        if have_val:
+            v_flows = cached_flows(v_labels,
+                                   cache_dir=None if out is None else out / FLOW_CACHE_DIR)
+            val = {"images": v_images, "labels": v_labels, "flows": v_flows,
+                   "rescale": _rescale_factors(v_labels, diam_mean, config.rescale)[1]}
+        history, start = [], 0
+        if resume:
+            saved = torch.load(checkpoint, map_location=device, weights_only=True)
+            _check_resumable(saved, config, digest)
+            model.load_state_dict(saved["model"])
+            run.optimizer.load_state_dict(saved["optimizer"])
+            if run.scaler is not None and saved.get("scaler"):
+                run.scaler.load_state_dict(saved["scaler"])
+            history, start = list(saved["history"]), int(saved["epoch"])
+
+        state = {"epoch": start}
+
+        def write_history():
+            if out is not None:
+                _write_history(out / HISTORY_FILE, history)
+
+        def save_checkpoint():
+            if checkpoint is None:
+                return
+            _atomic_torch_save({
+                "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler is not None else {},
+                "epoch": state["epoch"], "history": history, "config": config.to_dict(),
+                "data_hash": digest, "seed": config.seed,
+                "torch_rng": torch.get_rng_state()}, checkpoint)
+            write_history()
+
+        completed = _loop(run, val, history, state, start, progress, save_checkpoint,
+                          write_history, t_call)
+    model.eval()
+    if out is not None:
+        record = {
+            "config": config.to_dict(), "model_config": model.config.to_dict(),
+            "data_hash": digest, "versions": _versions(), "history": history,
+            "command": command if command is None or isinstance(command, str) else list(command),
+            "seed": config.seed, "train_names": names,
+            "val_names": list(val_names) if val_names is not None else None,
+            "n_train": len(images), "n_val": len(v_images) if have_val else 0,
+            "kept_train_indices": kept, "diam_labels": model.diam_labels,
+            "epochs_done": state["epoch"], "completed": completed, "device": str(device),
+            "precision": str(run.amp_dtype or torch.float32).removeprefix("torch."),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if previous_record:
+            record["pretrained"] = previous_record
+        model.training_record = record
+        model_io.save(model, out / MODEL_DIR, training_record=record,
+                      thresholds=model.thresholds, overwrite=True)
+    return TrainResult(model, history, completed, out, None if out is None else out / MODEL_DIR)
+
+
+def _loop(run, val, history, state, start, progress, save_checkpoint, write_history, t_call):
+    """The epochs from ``start``; returns False when stopped by the time budget."""
+    config, model = run.config, run.model
+    rates = learning_rate_schedule(config)
+    t_loop = time.perf_counter()
+    bar = tqdm(range(start, config.n_epochs), initial=start, total=config.n_epochs,
+               desc="train", disable=not progress, unit="epoch")
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            for group in run.optimizer.param_groups:
+                group["lr"] = float(rates[epoch])
+            model.train()
+            rng = _epoch_rng(config.seed, epoch)
+            order = run.epoch_order(rng)
+            total = 0.0
+            for b, begin in enumerate(range(0, len(order), config.batch_size)):
+                idx = order[begin:begin + config.batch_size]
+                loss = run.loss(*run.batch(idx, rng))
+                if not torch.isfinite(loss):
+                    raise RuntimeError(
+                        f"the training loss became {loss.item()} at epoch {epoch + 1}, batch "
+                        f"{b + 1} (learning rate {rates[epoch]:.3g}); try a lower "
+                        f"learning_rate, e.g. TrainConfig(learning_rate={rates.max() / 10:.3g})")
+                run.step(loss)
+                total += loss.item() * len(idx)
+            row = {"epoch": epoch + 1, "train_loss": total / len(order), "val_loss": math.nan,
+                   "val_ap50": math.nan, "lr": float(rates[epoch])}
+            last = epoch + 1 == config.n_epochs
+            if val is not None and ((epoch + 1) % config.val_every == 0 or last):
+                row["val_loss"], row["val_ap50"] = _validate(run, val)
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            state["epoch"] = epoch + 1
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_ap50=f"{row['val_ap50']:.3f}")
+            spent = time.perf_counter() - t_call
+            per_epoch = (time.perf_counter() - t_loop) / (epoch + 1 - start)
+            out_of_time = (config.max_minutes is not None and not last
+                           and spent + per_epoch > 60 * config.max_minutes)
+            if last or out_of_time or (epoch + 1) % config.save_every == 0:
+                save_checkpoint()
+            else:
+                write_history()
+            if out_of_time:
+                return False
+    except KeyboardInterrupt:
+        save_checkpoint()
+        raise
+    finally:
+        bar.close()
+    return True
