@@ -86,7 +86,7 @@ def run_ours(images, labels, n_epochs, features, crop, amp=None):
                          learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
                          optimizer="adamw", device="cpu", min_train_masks=1, amp=amp)
     t0 = time.perf_counter()
-    res = train(net, images, labels, config=config, progress=False)
+    res = train(images, labels, net, config=config, progress=False)
     return time.perf_counter() - t0, [h["train_loss"] for h in res.history]
 
 

@@ -1,24 +1,22 @@
 """What the threshold explorer precomputes, so that a slider move is cheap.
 
 :func:`follow_with_min` follows the flows once and records the lowest cell
-probability each path weighed; :func:`hole_pixels` lists the holes of every
-mask, so that filling the kept masks is an indexed write.
+probability each path weighed, so that a new cellprob threshold re-follows
+only the paths it changes.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy import ndimage as ndi
 
-from cellpose_nb.flows import check_labels
 from cellpose_nb.masks import (
     N_ITER,
     _corners,  # the library's bilinear corners and weights
     _interp,  # the library's bilinear step, so that follow_with_min takes the same path
 )
 
-__all__ = ["follow_with_min", "hole_pixels"]
+__all__ = ["follow_with_min"]
 
 
 def _check_flows_prob(flows, cellprob, shape=None):
@@ -128,89 +126,3 @@ def follow_with_min(flows, prob, mask, *, n_iter=N_ITER):
     minprob = np.empty(starts.shape[1], np.float32)
     _follow_min_kernel(np.ascontiguousarray(np.moveaxis(f, 0, -1)), p, pos, int(n_iter), minprob)
     return starts, pos, minprob
-
-
-# ----------------------------------------------------------------------------- holes
-@numba.njit(cache=True)
-def _hole_pixels_kernel(labels, boxes, out_lab, out_idx, write):
-    """Pixels in the holes of each object (as binary_fill_holes: 4-connected background).
-
-    Object ``k + 1`` has bounding box ``boxes[k]`` (r0, r1, c0, c1; r0 == r1
-    when absent).  A pixel of its box that is not the object and cannot be
-    reached from the box border through such pixels is in a hole.  Returns the
-    number of hole pixels; when ``write``, their object and flat index go to
-    ``out_lab`` and ``out_idx``.
-    """
-    w = labels.shape[1]
-    n = 0
-    for k in range(boxes.shape[0]):
-        r0, r1, c0, c1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        ly, lx = r1 - r0, c1 - c0
-        if ly < 3 or lx < 3:
-            continue
-        lab_id = k + 1
-        seen = np.zeros((ly, lx), np.bool_)
-        stack = np.empty(ly * lx, np.int64)
-        top = 0
-        for y in range(ly):
-            for x in range(lx):
-                border = y == 0 or y == ly - 1 or x == 0 or x == lx - 1
-                if border and labels[r0 + y, c0 + x] != lab_id:
-                    seen[y, x] = True
-                    stack[top] = y * lx + x
-                    top += 1
-        while top > 0:
-            top -= 1
-            y = stack[top] // lx
-            x = stack[top] % lx
-            for d in range(4):
-                yy = y + (d == 0) - (d == 1)
-                xx = x + (d == 2) - (d == 3)
-                if 0 <= yy < ly and 0 <= xx < lx and not seen[yy, xx] \
-                        and labels[r0 + yy, c0 + xx] != lab_id:
-                    seen[yy, xx] = True
-                    stack[top] = yy * lx + xx
-                    top += 1
-        for y in range(ly):
-            for x in range(lx):
-                if not seen[y, x] and labels[r0 + y, c0 + x] != lab_id:
-                    if write:
-                        out_lab[n] = lab_id
-                        out_idx[n] = (r0 + y) * w + c0 + x
-                    n += 1
-    return n
-
-
-def hole_pixels(labels):
-    """The holes of every object of a sequential label image.
-
-    Parameters
-    ----------
-    labels : ndarray (H, W) of int
-        Labels 1..N (ids need not all be present).
-
-    Returns
-    -------
-    owner : ndarray (M,) of int32
-        The object whose hole each pixel is in (a pixel inside nested
-        objects appears once per enclosing object).
-    index : ndarray (M,) of int64
-        Flat index of the pixel.
-
-    Examples
-    --------
-    >>> lab = np.zeros((5, 5), int); lab[:, :] = 1; lab[2, 2] = 0; lab[0, 0] = 2
-    >>> [a.tolist() for a in hole_pixels(lab)]
-    [[1], [12]]
-    """
-    lab = np.ascontiguousarray(check_labels(labels))
-    slices = ndi.find_objects(lab)
-    boxes = np.zeros((len(slices), 4), np.int64)
-    for k, sl in enumerate(slices):
-        if sl is not None:
-            boxes[k] = (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
-    empty_l, empty_i = np.zeros(0, np.int32), np.zeros(0, np.int64)
-    n = _hole_pixels_kernel(lab, boxes, empty_l, empty_i, False)
-    owner, index = np.zeros(n, np.int32), np.zeros(n, np.int64)
-    _hole_pixels_kernel(lab, boxes, owner, index, True)
-    return owner, index

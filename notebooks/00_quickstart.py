@@ -250,7 +250,7 @@ assert sum(row["area"] for row in table) == inside.sum()
 # exactly `seg.labels`.
 
 # %%
-tuned = net.thresholds or {}  # a model may carry tuned thresholds (thresholds.json)
+tuned = net.record.thresholds or {}  # a model may carry tuned thresholds (thresholds.json)
 used = {"cellprob_threshold": float(tuned.get("cellprob_threshold", predict.CELLPROB_THRESHOLD)),
         "flow_threshold": float(tuned.get("flow_threshold", predict.FLOW_THRESHOLD))}
 explorer = ThresholdExplorer.from_segmentation(image, seg, truth=truth, **used)

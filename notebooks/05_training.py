@@ -435,7 +435,7 @@ assert all(np.isfinite(hand_history))
 # %%
 net = CellposeUNet(model_config)
 net.load_state_dict(initial_weights)
-result = train(net, train_inputs, train_labels, config=config, val_images=val_inputs, val_labels=val_labels,
+result = train(train_inputs, train_labels, net, config=config, val_data=(val_inputs, val_labels),
                out_dir=WORKDIR / "run", progress=not QUICK)
 history = result.history
 assert result.completed and [h["epoch"] for h in history] == list(range(1, N_EPOCHS + 1))
@@ -511,12 +511,12 @@ def fresh_net():
     return net
 
 
-straight = train(fresh_net(), demo_x, demo_y, config=demo, out_dir=WORKDIR / "straight", progress=False)
+straight = train(demo_x, demo_y, fresh_net(), config=demo, out_dir=WORKDIR / "straight", progress=False)
 
 stopped = WORKDIR / "stopped"
 budget = dataclasses.replace(demo, max_minutes=0)
 for k in range(STOP_AFTER):
-    part = train(fresh_net(), demo_x, demo_y, config=budget, out_dir=stopped, resume=k > 0, progress=False)
+    part = train(demo_x, demo_y, fresh_net(), config=budget, out_dir=stopped, resume=k > 0, progress=False)
     print(f"call {k + 1}: completed={part.completed}, epochs so far {[h['epoch'] for h in part.history]}")
 assert not part.completed and len(part.history) == STOP_AFTER
 
@@ -525,7 +525,7 @@ print("checkpoint holds:", sorted(saved), "| epoch", saved["epoch"])
 print("files:", sorted(p.name for p in stopped.iterdir()))
 
 try:  # the schedule depends on n_epochs: a resumed run may not change it
-    train(fresh_net(), demo_x, demo_y, config=dataclasses.replace(demo, n_epochs=2 * RESUME_EPOCHS),
+    train(demo_x, demo_y, fresh_net(), config=dataclasses.replace(demo, n_epochs=2 * RESUME_EPOCHS),
           out_dir=stopped, resume=True, progress=False)
 except ValueError as err:
     print("refused:", err)
@@ -533,7 +533,7 @@ else:
     raise AssertionError("changing n_epochs on resume should be refused")
 
 # a fresh network with other random weights: resume loads everything from the checkpoint
-resumed = train(CellposeUNet(demo_model), demo_x, demo_y, config=demo, out_dir=stopped, resume=True,
+resumed = train(demo_x, demo_y, CellposeUNet(demo_model), config=demo, out_dir=stopped, resume=True,
                 progress=False)
 print("resumed: completed", resumed.completed, "epochs", [h["epoch"] for h in resumed.history])
 assert resumed.completed and [h["epoch"] for h in resumed.history] == list(range(1, RESUME_EPOCHS + 1))
@@ -598,7 +598,7 @@ reloaded = model.load(result.model_dir, device=device)
 probe = torch.from_numpy(val_inputs[0][None, :, :CROP, :CROP]).to(device)
 with torch.no_grad():
     assert torch.allclose(reloaded(probe)[0], result.model(probe)[0], atol=1e-5)
-print("reloaded from", result.model_dir.name, "with the same outputs; training record:", reloaded.training_record is not None)
+print("reloaded from", result.model_dir.name, "with the same outputs; training record:", reloaded.record.training is not None)
 
 # %% [markdown]
 # ## 9. After the loop: the size model
@@ -612,10 +612,10 @@ print("reloaded from", result.model_dir.name, "with the same outputs; training r
 # everything in the model folder.
 
 # %%
-size_model = fit_size_model(result.model, train_inputs, train_labels, n_passes=SIZE_PASSES,
+size_model = fit_size_model(train_inputs, train_labels, result.model, n_passes=SIZE_PASSES,
                             crop_size=SIZE_CROP, seed=SEED)
 for x, lab in zip(val_inputs, val_labels):
-    style = predict.run_net(result.model, x).style  # the network on the whole image (padded, tiled)
+    style = predict.run_net(x, result.model).style  # the network on the whole image (padded, tiled)
     guess = size_model.predict(style[None])[0]
     print(f"true median diameter {median_diameter(lab):5.1f} px, guessed from the style {guess:5.1f} px")
 assert np.isfinite(guess) and guess >= 5
@@ -660,7 +660,8 @@ assert np.isfinite(guess) and guess >= 5
 #   `n_images_per_epoch` fixes the number of crops per epoch (drawn with
 #   replacement).
 # - **Resuming** needs the same config (`n_epochs` fixes the schedule; only
-#   `device`, `num_threads`, `max_minutes`, `save_every` and `amp` may change)
+#   `device`, `num_threads`, `max_minutes`, `save_every`, `amp` and the
+#   settings used after the loop, `size_*` and the threshold grids, may change)
 #   and the same data (checked by the hash). A checkpoint is never overwritten
 #   by a new run: use a new `out_dir` or `resume=True`.
 # - **Validation** costs a full segmentation of every validation image; with
@@ -715,7 +716,7 @@ for what, kwargs in (("one image fewer", dict(images=demo_x[:-1], labels=demo_y[
                      ("batch size 1", dict(images=demo_x, labels=demo_y,
                                            config=dataclasses.replace(demo, batch_size=1)))):
     try:
-        train(fresh_net(), kwargs["images"], kwargs["labels"], config=kwargs["config"], out_dir=stopped,
+        train(kwargs["images"], kwargs["labels"], fresh_net(), config=kwargs["config"], out_dir=stopped,
               resume=True, progress=False)
     except ValueError as err:
         print(f"{what}: {err}")

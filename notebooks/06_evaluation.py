@@ -262,7 +262,7 @@ show(fig)
 
 # %%
 net = model.load_pretrained(MODEL, device=DEVICE)
-record = net.training_record or {}
+record = net.record.training or {}
 
 
 def nuclei_input(image, modality):
@@ -370,7 +370,7 @@ assert mean_held[col[0.5]] > 0.3, "a nuclei model should find most held-out nucl
 # diameters; the gap is what the size estimate costs.
 
 # %%
-has_size_model = getattr(net, "size_model", None) is not None or bool(record.get("size_model"))
+has_size_model = net.record.size_model is not None or bool(record.get("size_model"))
 if has_size_model:
     for e in evaluation:
         e["seg_est"] = predict.segment(e["input"], net, diameter=None, invert=e["invert"], device=DEVICE)
@@ -506,12 +506,12 @@ explorer
 
 # %%
 tune_inputs = [train.prepare_images([e["input"]], invert=e["invert"])[0] for e in tune]  # (2, H, W) each
-best = train.optimize_thresholds(net, tune_inputs, [e["truth"] for e in tune],
+best = train.optimize_thresholds(tune_inputs, [e["truth"] for e in tune], net,
                                  diameters=[e["diameter"] for e in tune],
                                  cellprob_grid=CELLPROB_GRID, flow_grid=FLOW_GRID)
-print({k: v for k, v in best.items() if k != "grid"})
-assert best["cellprob_threshold"] in CELLPROB_GRID and best["flow_threshold"] in FLOW_GRID
-assert 0 <= best["mean_ap"] <= 1
+print(best.thresholds, "mean AP", round(best.mean_ap, 3))
+assert best.cellprob_threshold in CELLPROB_GRID and best.flow_threshold in FLOW_GRID
+assert 0 <= best.mean_ap <= 1
 
 # %% [markdown]
 # ## 6. Measure and export
@@ -642,8 +642,8 @@ if HAVE_CELLPOSE:
     weights = model.export_cellpose_weights(net, WORKDIR / "cellpose_model" / "nuclei_nb")
     reference = model.cellpose_reference_model(weights, mkldnn=False)
     net_cpu = model.load_pretrained(MODEL, device="cpu")
-    th = {"cellprob_threshold": float((net.thresholds or {}).get("cellprob_threshold", 0.0)),
-          "flow_threshold": float((net.thresholds or {}).get("flow_threshold", 0.4))}
+    th = {"cellprob_threshold": float((net.record.thresholds or {}).get("cellprob_threshold", 0.0)),
+          "flow_threshold": float((net.record.thresholds or {}).get("flow_threshold", 0.4))}
 
     compare = bundled[:1] + [(e["name"], e["modality"], e["image"], e["truth"]) for e in held]
     print(f"{'image':18s} {'cellpose':>9s} {'ours':>6s}   AP@0.5 vs truth (cellpose, ours)   agreement")

@@ -175,7 +175,7 @@ def standin_images():
     if root is None or not (root / "dsb2018" / "index.csv").is_file():
         return synthetic_standin()
     modality = {r["id"]: r["modality"] for r in data.dataset_index("dsb2018")}
-    record = model.load_pretrained(MODEL, device="cpu").training_record or {}
+    record = model.load_pretrained(MODEL, device="cpu").record.training or {}
     names = record.get("val_names")
     if not names:  # the split of scripts/dsb2018_split.py
         ids = sorted(modality)
@@ -275,13 +275,13 @@ inputs = train.prepare_images([s.image for s in samples], channels=channels, cha
 
 # %%
 net = model.load_pretrained(MODEL, device=DEVICE)
-record = net.training_record or {}
-has_size_model = getattr(net, "size_model", None) is not None or bool(record.get("size_model"))
+record = net.record.training or {}
+has_size_model = net.record.size_model is not None or bool(record.get("size_model"))
 measured = {s.name: train.median_diameter(s.labels) for s in annotated}
 if measured:
     print("measured on the annotations:", {k: round(v, 1) for k, v in measured.items()})
 if has_size_model:
-    estimated = {s.name: train.estimate_diameter(net, x).diameter for s, x in zip(samples, inputs)}
+    estimated = {s.name: train.estimate_diameter(x, net).diameter for s, x in zip(samples, inputs)}
     print("estimated by the size model:", {k: round(v, 1) for k, v in estimated.items()})
 
 if DIAMETER is not None:
@@ -362,15 +362,15 @@ if can_finetune:
 
     config = TrainConfig(n_epochs=EPOCHS, batch_size=BATCH, crop_size=CROP, learning_rate=LEARNING_RATE,
                          warmup_epochs=WARMUP, diam_mean=net.config.diam_mean, seed=SEED, device=DEVICE,
-                         num_threads=THREADS, save_every=max(1, EPOCHS // 4))
+                         num_threads=THREADS, save_every=max(1, EPOCHS // 4),
+                         size_passes=SIZE_PASSES, size_crop=SIZE_CROP)
     finetuned = copy.deepcopy(net)
     t0 = time.perf_counter()
-    result = train.train(finetuned, [inputs[k] for k in train_idx], [samples[k].labels for k in train_idx],
+    result = train.train([inputs[k] for k in train_idx], [samples[k].labels for k in train_idx], finetuned,
                          config=config, out_dir=WORKDIR / "finetune", progress=not QUICK,
-                         train_names=[samples[k].name for k in train_idx])
-    model_dir = train.finish_model(result.model, [inputs[k] for k in train_idx],
-                                   [samples[k].labels for k in train_idx], out_dir=WORKDIR / "finetune",
-                                   size_passes=SIZE_PASSES, size_crop=SIZE_CROP, seed=SEED, progress=False)
+                         names=[samples[k].name for k in train_idx])
+    model_dir = train.finish_model([inputs[k] for k in train_idx], [samples[k].labels for k in train_idx],
+                                   result.model, out_dir=WORKDIR / "finetune", config=config, progress=False)
     print(f"{EPOCHS} epochs in {time.perf_counter() - t0:.1f} s; losses",
           np.round([h["train_loss"] for h in result.history], 4))
     print("model folder:", sorted(p.name for p in model_dir.iterdir()))

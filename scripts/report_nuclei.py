@@ -40,7 +40,7 @@ RECIPE = {"channels": ["gray", None], "invert": "auto"}  # the shipped model's i
 def load_model(spec, cellpose):
     if cellpose:
         net = M.load_cellpose_weights(spec, device="cpu")
-        net.input_recipe = dict(RECIPE)
+        net.record = net.record.replace(input_recipe=dict(RECIPE))
         return net
     return M.load(spec, device="cpu") if Path(spec).exists() else M.load_pretrained(spec)
 
@@ -81,9 +81,9 @@ def main(argv=None):
     if args.tune:
         channels, invert = input_knobs(net)
         inputs = [to_network_input(s.image, channels=channels, invert=invert) for s in samples]
-        best = T.optimize_thresholds(net, inputs, [s.labels for s in samples], diameters=diams,
+        best = T.optimize_thresholds(inputs, [s.labels for s in samples], net, diameters=diams,
                                      progress=True)
-        net.thresholds = {k: best[k] for k in ("cellprob_threshold", "flow_threshold")}
+        net.record = net.record.replace(thresholds=best.thresholds)
     try:
         has_size = _find_size_model(net, None) is not None
     except ValueError:  # no size model (e.g. Cellpose train_seg weights)
@@ -95,7 +95,8 @@ def main(argv=None):
             rows["estimated_diameter"].append(ap50(s.labels, segment(s.image, net).labels))
     if args.cellpose_eval:
         rows["cellpose_eval_true_diameter"] = cellpose_eval(args.model, samples, diams)
-    result = {"model": str(args.model), "thresholds": net.thresholds, "ap50_val": table(rows, mods)}
+    result = {"model": str(args.model), "thresholds": net.record.thresholds,
+              "ap50_val": table(rows, mods)}
     print(json.dumps(result["thresholds"]))
     names = list(rows)
     print(f"{'modality':14s} {'n':>4s} " + " ".join(f"{n:>28s}" for n in names))

@@ -2,10 +2,11 @@
 
     python scripts/ship_model.py runs/nuclei/model nuclei [--overwrite]
 
-Writes ``cellpose_nb/pretrained/<name>/``: ``weights.safetensors`` (float16),
-``config.json``, ``training.json`` (the full training record), and
-``thresholds.json`` / ``size_model.json`` when the run has them, plus the
-run's ``report.json`` (validation AP per modality) when present.
+Writes ``cellpose_nb/pretrained/<name>/``: the model as :func:`cellpose_nb.model.load`
+reads it (``weights.safetensors`` in float16, ``config.json``, and every file of its
+record: ``training.json``, ``thresholds.json``, ``size_model.json``, ``input.json``
+when the run has them), plus the run's ``report.json`` (validation AP per modality)
+when present.
 """
 
 import argparse
@@ -17,8 +18,6 @@ import torch
 
 from cellpose_nb.model import PRETRAINED_DIR, load, save
 
-EXTRA_FILES = ("size_model.json",)
-
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,11 +27,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     model = load(args.model_dir, device="cpu")
     out = Path(PRETRAINED_DIR) / args.name
-    save(model, out, training_record=model.training_record, thresholds=model.thresholds,
-         overwrite=args.overwrite, dtype=torch.float16)
-    for name in EXTRA_FILES:
-        if (args.model_dir / name).is_file():
-            shutil.copy2(args.model_dir / name, out / name)
+    save(model, out, overwrite=args.overwrite, dtype=torch.float16)
     report = args.model_dir.parent / "report.json"
     if report.is_file():
         shutil.copy2(report, out / "report.json")

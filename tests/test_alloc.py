@@ -69,6 +69,6 @@ def test_train_reuses_memory_on_the_cpu_only():
     config = T.TrainConfig(n_epochs=1, batch_size=2, crop_size=32, device="cpu", amp=False,
                            min_train_masks=1, warmup_epochs=0)
     with mock.patch.object(loop, "reuse_freed_memory", spy):
-        T.train(net, T.prepare_images([s.image for s in samples]), [s.labels for s in samples], config=config,
+        T.train(T.prepare_images([s.image for s in samples]), [s.labels for s in samples], net, config=config,
                 progress=False)
     assert calls == [True]

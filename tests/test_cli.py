@@ -159,3 +159,39 @@ def test_train_amp_flag_defaults_to_the_device_rule():
     assert amp_dtype(TrainConfig(amp=None), "mps") is None
     assert amp_dtype(TrainConfig(amp=False), "cuda") is None
     assert amp_dtype(TrainConfig(amp=True), "cpu") == torch.bfloat16
+
+
+def _defaults(command, argv):
+    from cellpose_nb.cli import build_parser
+
+    return vars(build_parser().parse_args([command, *argv]))
+
+
+def test_segment_defaults_are_segment_configs():
+    from argparse import Namespace
+
+    from cellpose_nb.cli.segment import config_from_args
+    from cellpose_nb.predict import SegmentConfig
+
+    got = _defaults("segment", ["img.tif", "--out", "o"])
+    fields = SegmentConfig.__dataclass_fields__
+    for option in ("cellprob_threshold", "flow_threshold", "augment", "tile_size", "device",
+                   "precision"):
+        assert got[option] == fields[option].default, option
+    assert config_from_args(Namespace(**got)) == SegmentConfig()
+
+
+def test_train_defaults_are_train_configs():
+    from cellpose_nb.model import ModelConfig
+    from cellpose_nb.train import TrainConfig
+
+    got = _defaults("train", ["folder", "--out", "o"])
+    fields = TrainConfig.__dataclass_fields__
+    options = {"epochs": "n_epochs", "batch_size": "batch_size", "crop_size": "crop_size",
+               "learning_rate": "learning_rate", "optimizer": "optimizer",
+               "val_every": "val_every", "seed": "seed", "amp": "amp", "threads": "num_threads",
+               "max_minutes": "max_minutes", "images_per_epoch": "n_images_per_epoch",
+               "warmup": "warmup_epochs", "decay": "decay_epochs"}
+    for option, field in options.items():
+        assert got[option] == fields[field].default, option
+    assert tuple(got["features"]) == tuple(ModelConfig().features)

@@ -165,7 +165,7 @@ def test_our_weights_into_cpnet_give_the_same_output():
 def test_exported_weights_load_in_cellpose_model(tmp_path):
     models = _reference("cellpose.models")
     ours = _small_model(M.ModelConfig(diam_mean=17.0), seed=3)
-    ours.diam_labels = 12.5
+    ours.record = ours.record.replace(diam_labels=12.5)
     path = M.export_cellpose_weights(ours, tmp_path / "exported")
     cp = models.CellposeModel(pretrained_model=str(path), device=torch.device("cpu"))
     expected = M.to_cellpose_state_dict(ours)
@@ -180,7 +180,7 @@ def test_exported_weights_load_in_cellpose_model(tmp_path):
 def test_cellpose_reference_model_runs_narrow_weights(tmp_path):
     _reference("cellpose.models")
     ours = _small_model(M.ModelConfig(features=(8, 16, 32), diam_mean=17.0), seed=4).eval()
-    ours.diam_labels = 11.0
+    ours.record = ours.record.replace(diam_labels=11.0)
     cp = M.cellpose_reference_model(M.export_cellpose_weights(ours, tmp_path / "narrow"),
                                     mkldnn=False)
     assert cp.diam_mean == pytest.approx(17.0) and cp.diam_labels == pytest.approx(11.0)
@@ -196,9 +196,9 @@ def test_cellpose_reference_model_runs_narrow_weights(tmp_path):
 
 def test_cellpose_file_round_trip_keeps_diameters(tmp_path):
     net = _small_model(M.ModelConfig(features=(8, 16), diam_mean=17.0))
-    net.diam_labels = 14.0
+    net.record = net.record.replace(diam_labels=14.0)
     back = M.load_cellpose_weights(M.export_cellpose_weights(net, tmp_path / "w"))
-    assert back.config == net.config and back.diam_labels == 14.0
+    assert back.config == net.config and back.record.diam_labels == 14.0
     x = torch.randn(1, 2, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(back(x)[0], net(x)[0])
@@ -207,12 +207,12 @@ def test_cellpose_file_round_trip_keeps_diameters(tmp_path):
 # --- our folder format --------------------------------------------------------------
 def test_save_load_round_trip(tmp_path):
     net = _small_model()
-    net.diam_labels = 21.5
     record = {"epochs": 3, "loss": [1.0, 0.5, 0.25]}
-    M.save(net, tmp_path / "m", training_record=record, thresholds={"flow": 0.4})
+    net.record = net.record.replace(diam_labels=21.5, training=record, thresholds={"flow": 0.4})
+    M.save(net, tmp_path / "m")
     back = M.load(tmp_path / "m", device="cpu")
-    assert not back.training and back.config == net.config and back.diam_labels == 21.5
-    assert back.training_record == record and back.thresholds == {"flow": 0.4}
+    assert not back.training and back.config == net.config and back.record.diam_labels == 21.5
+    assert back.record.training == record and back.record.thresholds == {"flow": 0.4}
     x = torch.randn(1, 2, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(back(x), net(x), atol=0, rtol=0)
@@ -237,11 +237,13 @@ def test_save_float16_storage(tmp_path):
 
 def test_save_refuses_to_overwrite(tmp_path):
     net = _small_model()
-    M.save(net, tmp_path, thresholds={"cellprob": 0.0})
+    net.record = net.record.replace(thresholds={"cellprob": 0.0})
+    M.save(net, tmp_path)
+    net.record = net.record.replace(thresholds=None)
     with pytest.raises(FileExistsError, match=re.escape(M.WEIGHTS_FILE)):
         M.save(net, tmp_path)
     M.save(net, tmp_path, overwrite=True)
-    assert M.load(tmp_path).thresholds is None  # the stale thresholds.json was removed
+    assert M.load(tmp_path).record.thresholds is None  # the stale thresholds.json was removed
 
 
 def test_the_record_is_saved_and_loaded_one_file_per_field(tmp_path):
@@ -258,10 +260,11 @@ def test_the_record_is_saved_and_loaded_one_file_per_field(tmp_path):
     assert json.loads((tmp_path / M.SIZE_MODEL_FILE).read_text()) == size_model
     back = M.load(tmp_path)
     assert back.record == net.record
-    # the former attribute names read the record (and, for a transition, replace it)
-    assert back.training_record == {"epochs": 3} and back.size_model == size_model
-    assert back.diam_labels == 21.5 and back.thresholds == {"flow_threshold": 0.6}
-    back.thresholds = None
+    assert back.record.training == {"epochs": 3} and back.record.size_model == size_model
+    # the record is the one place of the metadata: no attributes beside it
+    assert not any(hasattr(back, name) for name in ("diam_labels", "thresholds",
+                                                     "training_record", "size_model"))
+    back.record = back.record.replace(thresholds=None)
     assert back.record.thresholds is None and net.record.thresholds is not None
     M.save(back, tmp_path, overwrite=True)
     assert not (tmp_path / M.THRESHOLDS_FILE).exists()
@@ -334,7 +337,7 @@ def test_download_by_name_mocked(isolated_cache, monkeypatch):
     assert urls == ["https://www.cellpose.org/models/cyto3"]
     assert (isolated_cache / "cyto3").read_bytes() == payload
     assert model.config.diam_mean == 30.0  # Cellpose's built-in value for cyto3
-    assert model.diam_labels == 17.0  # from the file
+    assert model.record.diam_labels == 17.0  # from the file
     torch.testing.assert_close(model.head.conv.weight, net.head.conv.weight)
     M.load_cellpose_weights("cyto3")  # second time from the cache
     assert len(urls) == 1

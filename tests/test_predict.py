@@ -13,7 +13,7 @@ from cellpose_nb.predict import segmentation as S
 from cellpose_nb.data import make_synthetic
 from cellpose_nb.flows import FLOW_SCALE, masks_to_flows
 from cellpose_nb.metrics import matching
-from cellpose_nb.model import CellposeUNet, ModelConfig
+from cellpose_nb.model import CellposeUNet, ModelConfig, ModelRecord
 from cellpose_nb.normalize import to_network_input
 
 DIAM = 12.0
@@ -86,9 +86,9 @@ def test_rescaling_returns_original_size(net, diameter):
 def test_training_mode_model_is_run_in_eval_and_restored():
     net = _tiny_model()
     x = _smooth((2, 40, 40))
-    ref = P.run_net(net, x).y
+    ref = P.run_net(x, net).y
     net.train()
-    np.testing.assert_allclose(P.run_net(net, x).y, ref, atol=1e-6)
+    np.testing.assert_allclose(P.run_net(x, net).y, ref, atol=1e-6)
     assert net.training
 
 
@@ -110,13 +110,13 @@ def test_thresholds_come_from_the_model(monkeypatch):
     seen = _spy(monkeypatch)
     P.segment(img, net, diameter=DIAM)
     assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (0.0, 0.4)
-    net.thresholds = {"cellprob_threshold": -1.5, "flow_threshold": 0.8}
+    net.record = net.record.replace(thresholds={"cellprob_threshold": -1.5, "flow_threshold": 0.8})
     P.segment(img, net, diameter=DIAM, min_size=3, n_iter=50)
     assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (-1.5, 0.8)
     assert (seen["min_size"], seen["n_iter"]) == (3, 50)
     P.segment(img, net, diameter=DIAM, cellprob_threshold=2.0)  # explicit wins
     assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (2.0, 0.8)
-    net.thresholds = {"cellprob": 0.5}  # short key, flow falls back to the default
+    net.record = net.record.replace(thresholds={"cellprob": 0.5})  # short key, flow: default
     P.segment(img, net, diameter=DIAM)
     assert (seen["cellprob_threshold"], seen["flow_threshold"]) == (0.5, 0.4)
 
@@ -133,30 +133,30 @@ def test_diameter_none_without_size_model_warns_and_uses_diam_mean(net, monkeypa
 
 def test_diameter_none_uses_the_models_size_model():
     net = _tiny_model()
-    net.size_model = P.SizeModel(np.zeros(16), np.zeros(16), np.log(2.0), DIAM)
+    net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16), np.log(2.0), DIAM))
     img = _smooth((40, 40))
     x = to_network_input(img)
-    want = P.estimate_diameter(net, x).diameter
+    want = P.estimate_diameter(x, net).diameter
     res = P.segment(img, net)
     assert res.diameter == want and res.labels.shape == (40, 40)
 
 
 def test_diameter_none_uses_estimate_diameter(monkeypatch):
     net = _tiny_model()
-    net.size_model = P.SizeModel(np.zeros(16), np.zeros(16), 0.0, DIAM)
+    net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16), 0.0, DIAM))
     monkeypatch.setattr(S, "estimate_diameter",
-                        lambda model, x, size_model: P.DiameterEstimate(24.0, 24.0))
+                        lambda x, model, size_model: P.DiameterEstimate(24.0, 24.0))
     res = P.segment(_smooth((40, 40)), net)
     assert res.diameter == 24.0 and res.labels.shape == (40, 40)
     monkeypatch.setattr(S, "estimate_diameter",
-                        lambda model, x, size_model: P.DiameterEstimate(np.inf, np.inf))
+                        lambda x, model, size_model: P.DiameterEstimate(np.inf, np.inf))
     with pytest.warns(UserWarning, match="size model returned inf"):
         assert P.segment(_smooth((40, 40)), net).diameter == DIAM
 
 
 def test_a_broken_size_model_raises_instead_of_being_ignored():
     net = _tiny_model()
-    net.size_model = P.SizeModel(np.zeros(3), np.zeros(3), 0.0, DIAM)  # style has 16 values
+    net.record = net.record.replace(size_model=P.SizeModel(np.zeros(3), np.zeros(3), 0.0, DIAM))  # style has 16 values
     with pytest.raises(ValueError):
         P.segment(_smooth((40, 40)), net)
 
@@ -181,8 +181,8 @@ def test_tiled_and_whole_image_agree_in_the_interior():
     net = _tiny_model(features=(8, 16, 32))
     x = _smooth((2, 150, 200))
     x = (x - x.mean()) / x.std()
-    whole = P.run_net(net, x, tile_size=224).y  # one tile
-    tiled = P.run_net(net, x, tile_size=64, tile_overlap=0.1).y  # 4 x 5 tiles
+    whole = P.run_net(x, net, tile_size=224).y  # one tile
+    tiled = P.run_net(x, net, tile_size=64, tile_overlap=0.1).y  # 4 x 5 tiles
     inner = (slice(None), slice(16, -16), slice(16, -16))
     rel = np.sqrt(((whole - tiled)[inner] ** 2).mean()) / whole.std()
     assert rel < 0.1
@@ -191,9 +191,9 @@ def test_tiled_and_whole_image_agree_in_the_interior():
 
 def test_streaming_batches_give_the_same_result_in_little_memory(net):
     x = _smooth((2, 192, 160))
-    one_batch = P.run_net(net, x, tile_size=32, batch_size=64)
+    one_batch = P.run_net(x, net, tile_size=32, batch_size=64)
     tracemalloc.start()
-    streamed = P.run_net(net, x, tile_size=32, batch_size=3)  # 8 x 7 tiles, last batch short
+    streamed = P.run_net(x, net, tile_size=32, batch_size=3)  # 8 x 7 tiles, last batch short
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     np.testing.assert_allclose(streamed.y, one_batch.y, atol=1e-5)
@@ -205,13 +205,13 @@ def test_streaming_batches_give_the_same_result_in_little_memory(net):
 
 def test_augment_shapes_and_flip_equivariance(net):
     x = _smooth((2, 48, 48))  # padded to 64 = one tile position, seen in all four flips
-    y = P.run_net(net, x, tile_size=64, augment=True).y
+    y = P.run_net(x, net, tile_size=64, augment=True).y
     assert y.shape == (3, 48, 48)
-    flipped = P.run_net(net, x[:, ::-1, :], tile_size=64, augment=True).y
+    flipped = P.run_net(x[:, ::-1, :], net, tile_size=64, augment=True).y
     expect = y[:, ::-1, :].copy()
     expect[0] *= -1
     np.testing.assert_allclose(flipped, expect, atol=1e-5)
-    flipped = P.run_net(net, x[:, :, ::-1], tile_size=64, augment=True).y
+    flipped = P.run_net(x[:, :, ::-1], net, tile_size=64, augment=True).y
     expect = y[:, :, ::-1].copy()
     expect[1] *= -1
     np.testing.assert_allclose(flipped, expect, atol=1e-5)
@@ -222,8 +222,8 @@ def test_augment_shapes_and_flip_equivariance(net):
 def test_bfloat16_precision_is_close_to_float32():
     net = _tiny_model(features=(8, 16, 32))
     x = _smooth((2, 64, 80))
-    y32 = P.run_net(net, x).y
-    y16 = P.run_net(net, x, precision="bfloat16")
+    y32 = P.run_net(x, net).y
+    y16 = P.run_net(x, net, precision="bfloat16")
     assert y16.y.dtype == np.float32 and y16.style.dtype == np.float32
     assert np.abs(y16.y - y32).max() < 0.05 * np.abs(y32).max()
 
@@ -241,7 +241,7 @@ class OracleNet(torch.nn.Module):
     def __init__(self, labels, diam_mean=17.0):
         super().__init__()
         self.config = ModelConfig(features=(8, 16), diam_mean=diam_mean)
-        self.thresholds = None
+        self.record = ModelRecord()  # no tuned thresholds, no size model
         self.flows = torch.from_numpy(FLOW_SCALE * masks_to_flows(labels))
         self.prob = torch.from_numpy(np.where(labels > 0, 5.0, -5.0).astype(np.float32))
 
@@ -302,9 +302,9 @@ def test_clear_errors(net, image, knobs, match):
 
 def test_run_net_rejects_bad_input(net):
     with pytest.raises(ValueError, match="C, H, W"):
-        P.run_net(net, np.zeros((20, 20), np.float32))
+        P.run_net(np.zeros((20, 20), np.float32), net)
     with pytest.raises(ValueError, match="finite"):
-        P.run_net(net, np.full((2, 20, 20), np.inf, np.float32))
+        P.run_net(np.full((2, 20, 20), np.inf, np.float32), net)
 
 
 def test_input_recipe_of_the_model_is_the_default(monkeypatch, tmp_path):
@@ -319,10 +319,10 @@ def test_input_recipe_of_the_model_is_the_default(monkeypatch, tmp_path):
     monkeypatch.setattr(S, "to_network_input", lambda *a, **k: seen.append(k) or real(*a, **k))
     P.segment(rgb[..., 0], net, diameter=DIAM)  # no recipe: channel 0, no inversion
     assert (seen[-1]["channels"], seen[-1]["invert"]) == ((0, None), False)
-    net.input_recipe = {"channels": ["gray", None], "invert": "auto"}
+    net.record = net.record.replace(input_recipe={"channels": ["gray", None], "invert": "auto"})
     M.save(net, tmp_path / "m")
     loaded = M.load(tmp_path / "m")
-    assert loaded.input_recipe == {"channels": ["gray", None], "invert": "auto"}
+    assert loaded.record.input_recipe == {"channels": ["gray", None], "invert": "auto"}
     P.segment(rgb, loaded, diameter=DIAM)
     assert (seen[-1]["channels"], seen[-1]["invert"]) == (("gray", None), "auto")
     x = real(rgb, channels=("gray", None), invert="auto")
@@ -336,10 +336,10 @@ def test_default_batch_size_is_small_on_the_cpu(net, monkeypatch):
     hook = net.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
     try:
         x = _smooth((2, 192, 160))
-        default = P.run_net(net, x, tile_size=32)  # 8 x 7 = 56 tiles
+        default = P.run_net(x, net, tile_size=32)  # 8 x 7 = 56 tiles
         assert set(sizes[:-1]) == {P.BATCH_SIZE_CPU}
         sizes.clear()
-        eight = P.run_net(net, x, tile_size=32, batch_size=P.BATCH_SIZE)
+        eight = P.run_net(x, net, tile_size=32, batch_size=P.BATCH_SIZE)
         assert sizes[0] == P.BATCH_SIZE
     finally:
         hook.remove()
@@ -367,3 +367,67 @@ def test_shipped_model_finds_the_nuclei_of_a_sparse_field():
     plain = to_network_input(image, sparse_aware=False)
     missed = P.segment(plain[0], model, diameter=11.0, normalize=False, invert=False)
     assert matching(truth, missed.labels, thresholds=[0.5])[0].tp == 0
+
+
+# --- signatures: data first, the old order for one release; SegmentConfig ---------------
+def test_the_old_model_first_order_warns_and_gives_identical_output():
+    net = _tiny_model()
+    net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16),
+                                                           np.log(1.5), DIAM))
+    x = to_network_input(_smooth((40, 52)))
+    new = {"run_net": P.run_net(x, net, tile_size=32),
+           "predict_flows": P.predict_flows(x, net, scale=1.3),
+           "estimate_diameter": P.estimate_diameter(x, net)}
+    with pytest.warns(DeprecationWarning, match=r"run_net\(x, model"):
+        old_run = P.run_net(net, x, tile_size=32)
+    with pytest.warns(DeprecationWarning, match=r"predict_flows\(x, model"):
+        old_flows = P.predict_flows(net, x, scale=1.3)
+    with pytest.warns(DeprecationWarning, match=r"estimate_diameter\(image, model"):
+        old_diam = P.estimate_diameter(net, x)
+    for a, b in zip((old_run, old_flows), (new["run_net"], new["predict_flows"])):
+        for fa, fb in zip(a, b):
+            np.testing.assert_array_equal(fa, fb)
+    assert old_diam == new["estimate_diameter"]
+
+
+def test_segment_config_and_keyword_knobs_agree(net):
+    img = _smooth((40, 48))
+    by_keywords = P.segment(img, net, diameter=DIAM, tile_size=32, augment=True, min_size=5)
+    cfg = P.SegmentConfig(tile_size=32, augment=True, min_size=5)
+    by_config = P.segment(img, net, diameter=DIAM, config=cfg)
+    overridden = P.segment(img, net, diameter=DIAM, config=P.SegmentConfig(tile_size=64),
+                           tile_size=32, augment=True, min_size=5)  # keywords win
+    for other in (by_config, overridden):
+        for fa, fb in zip(by_keywords, other):
+            np.testing.assert_array_equal(fa, fb)
+    many = P.segment_many([img], net, diameter=DIAM, config=cfg, progress=False)
+    np.testing.assert_array_equal(many[0].labels, by_config.labels)
+
+
+def test_segment_config_defaults_come_from_their_owners():
+    from cellpose_nb import masks
+
+    cfg = P.SegmentConfig()
+    assert (cfg.tile_size, cfg.tile_overlap, cfg.min_size, cfg.precision) == (
+        P.TILE_SIZE, P.TILE_OVERLAP, masks.MIN_SIZE, P.PRECISION)
+    assert cfg.cellprob_threshold is None and cfg.flow_threshold is None and cfg.n_iter is None
+
+
+@pytest.mark.parametrize("field, value", [
+    ("normalize", "yes"), ("tile_size", 40), ("tile_size", 64.0), ("tile_overlap", 1.0),
+    ("augment", 1), ("batch_size", 0), ("device", 3), ("precision", "int8"),
+    ("cellprob_threshold", float("nan")), ("flow_threshold", -0.1), ("min_size", 2.5),
+    ("n_iter", -1),
+])
+def test_segment_config_names_the_bad_field(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        P.SegmentConfig(**{field: value})
+
+
+def test_an_unknown_knob_lists_the_valid_ones(net):
+    with pytest.raises(TypeError, match="augmnet.*valid: normalize, tile_size"):
+        P.segment(_smooth((32, 32)), net, diameter=DIAM, augmnet=True)
+    with pytest.raises(TypeError, match="augmnet"):
+        P.segment_many([_smooth((32, 32))], net, diameter=DIAM, augmnet=True, progress=False)
+    with pytest.raises(TypeError, match="SegmentConfig"):
+        P.segment(_smooth((32, 32)), net, diameter=DIAM, config={"augment": True})

@@ -18,7 +18,7 @@ from cellpose_nb.train.thresholds import _masks_over_flow_grid
 from cellpose_nb.data import make_synthetic, make_synthetic_dataset
 from cellpose_nb.flows import masks_to_flows
 from cellpose_nb.masks import compute_masks
-from cellpose_nb.model import CellposeUNet, ModelConfig, load
+from cellpose_nb.model import CellposeUNet, ModelConfig, load, save
 
 TINY = (8, 16, 32, 64)  # features of the test networks
 DIAM = 16.0
@@ -57,9 +57,9 @@ def trained(tiny_data, tmp_path_factory):
     """One uninterrupted 3-epoch run, shared by several tests."""
     images, labels = tiny_data
     out = tmp_path_factory.mktemp("run")
-    res = T.train(tiny_net(), images[:6], labels[:6], config=tiny_config(),
-                  val_images=images[6:], val_labels=labels[6:], out_dir=out, progress=False,
-                  train_names=[f"im{k}" for k in range(6)], command=["pytest", "tiny"])
+    res = T.train(images[:6], labels[:6], tiny_net(), config=tiny_config(),
+                  val_data=(images[6:], labels[6:]), out_dir=out, progress=False,
+                  names=[f"im{k}" for k in range(6)], command=["pytest", "tiny"])
     return res
 
 
@@ -126,21 +126,21 @@ def test_training_lowers_the_loss_and_writes_its_files(trained, tiny_data):
     assert len(record["history"]) == 3
     loaded = load(out / "model")
     assert loaded.config.features == TINY
-    assert loaded.diam_labels == pytest.approx(trained.model.diam_labels)
+    assert loaded.record.diam_labels == pytest.approx(trained.model.record.diam_labels)
     assert len(list((out / "flows").glob("*.npy"))) == 8  # train + val flows cached
 
 
 def test_resume_equals_an_uninterrupted_run(trained, tiny_data, tmp_path):
     images, labels = tiny_data
     net = tiny_net()
-    kw = dict(val_images=images[6:], val_labels=labels[6:], out_dir=tmp_path, progress=False)
+    kw = dict(val_data=(images[6:], labels[6:]), out_dir=tmp_path, progress=False)
     # max_minutes=0: every call runs exactly one epoch, then stops resumably
-    first = T.train(net, images[:6], labels[:6], config=tiny_config(max_minutes=0), **kw)
+    first = T.train(images[:6], labels[:6], net, config=tiny_config(max_minutes=0), **kw)
     assert not first.completed and len(first.history) == 1
     with pytest.raises(FileExistsError, match="resume=True"):
-        T.train(tiny_net(), images[:6], labels[:6], config=tiny_config(), **kw)
+        T.train(images[:6], labels[:6], tiny_net(), config=tiny_config(), **kw)
     for _ in range(2):
-        res = T.train(tiny_net(seed=5), images[:6], labels[:6], config=tiny_config(max_minutes=0),
+        res = T.train(images[:6], labels[:6], tiny_net(seed=5), config=tiny_config(max_minutes=0),
                       resume=True, **kw)
     assert res.completed
     assert [h["train_loss"] for h in res.history] == pytest.approx(
@@ -148,8 +148,28 @@ def test_resume_equals_an_uninterrupted_run(trained, tiny_data, tmp_path):
     for key, value in trained.model.state_dict().items():
         torch.testing.assert_close(res.model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="learning_rate"):
-        T.train(tiny_net(), images[:6], labels[:6], config=tiny_config(learning_rate=0.1),
+        T.train(images[:6], labels[:6], tiny_net(), config=tiny_config(learning_rate=0.1),
                 resume=True, **kw)
+
+
+def test_resume_accepts_a_checkpoint_older_than_new_config_fields(tiny_data, tmp_path):
+    """A checkpoint written before a TrainConfig field existed resumes when the field
+    has its default, and refuses when it does not."""
+    images, labels = tiny_data
+    kw = dict(out_dir=tmp_path, progress=False)
+    T.train(images[:2], labels[:2], tiny_net(), config=tiny_config(n_epochs=2, max_minutes=0),
+            **kw)
+    path = tmp_path / T.CHECKPOINT_FILE
+    saved = torch.load(path, weights_only=True)
+    for name in ("val_fraction", "size_passes", "size_crop", "cellprob_grid"):
+        del saved["config"][name]
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match="val_fraction"):
+        T.train(images[:2], labels[:2], tiny_net(), resume=True,
+                config=tiny_config(n_epochs=2, val_fraction=0.5), **kw)
+    res = T.train(images[:2], labels[:2], tiny_net(), resume=True,
+                  config=tiny_config(n_epochs=2, size_passes=3), **kw)  # acts after the loop
+    assert res.completed and len(res.history) == 2
 
 
 def test_training_from_a_trained_model_keeps_its_record(trained, tiny_data, tmp_path):
@@ -157,7 +177,7 @@ def test_training_from_a_trained_model_keeps_its_record(trained, tiny_data, tmp_
 
     images, labels = tiny_data
     net = copy.deepcopy(trained.model)
-    T.train(net, images[:6], labels[:6], config=tiny_config(n_epochs=1), out_dir=tmp_path,
+    T.train(images[:6], labels[:6], net, config=tiny_config(n_epochs=1), out_dir=tmp_path,
             progress=False, command=["pytest", "stage 2"])
     record = json.loads((tmp_path / "model" / "training.json").read_text())
     assert record["command"] == ["pytest", "stage 2"] and len(record["history"]) == 1
@@ -172,8 +192,8 @@ def test_amp_on_the_cpu_trains_in_bfloat16(trained, tiny_data):
     seen = []
     net.encoder[0].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype)
                                       if mod.training else None)
-    res = T.train(net, images[:6], labels[:6], config=tiny_config(amp=True, val_every=3),
-                  val_images=images[6:], val_labels=labels[6:], progress=False)
+    res = T.train(images[:6], labels[:6], net, config=tiny_config(amp=True, val_every=3),
+                  val_data=(images[6:], labels[6:]), progress=False)
     assert seen and set(seen) == {torch.bfloat16}  # the convolutions ran in bfloat16
     assert all(p.dtype == torch.float32 for p in res.model.parameters())  # weights stay float32
     amp_losses = [h["train_loss"] for h in res.history]
@@ -188,7 +208,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_data, monkeypatch):
     monkeypatch.setattr(steps, "segmentation_loss",
                         lambda y, f, m: (y * float("nan")).mean())
     with pytest.raises(RuntimeError, match=r"epoch 1, batch 1.*lower learning_rate"):
-        T.train(tiny_net(), images[:2], labels[:2], config=tiny_config(), progress=False)
+        T.train(images[:2], labels[:2], tiny_net(), config=tiny_config(), progress=False)
 
 
 def test_ctrl_c_saves_a_checkpoint(tiny_data, tmp_path, monkeypatch):
@@ -204,7 +224,7 @@ def test_ctrl_c_saves_a_checkpoint(tiny_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(steps, "random_transform", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        T.train(tiny_net(), images[:4], labels[:4], config=tiny_config(save_every=10),
+        T.train(images[:4], labels[:4], tiny_net(), config=tiny_config(save_every=10),
                 out_dir=tmp_path, progress=False)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
@@ -212,13 +232,13 @@ def test_ctrl_c_saves_a_checkpoint(tiny_data, tmp_path, monkeypatch):
 def test_bad_inputs_are_explained(tiny_data):
     images, labels = tiny_data
     with pytest.raises(ValueError, match="prepare_images"):
-        T.train(tiny_net(), [np.zeros((96, 96), np.float32)], labels[:1], config=tiny_config())
+        T.train([np.zeros((96, 96), np.float32)], labels[:1], tiny_net(), config=tiny_config())
     with pytest.raises(ValueError, match="diam_mean"):
-        T.train(tiny_net(), images[:2], labels[:2], config=tiny_config(diam_mean=30.0))
+        T.train(images[:2], labels[:2], tiny_net(), config=tiny_config(diam_mean=30.0))
     with pytest.raises(ValueError, match="optimizer"):
         T.TrainConfig(optimizer="adam")
     with pytest.warns(UserWarning, match="min_train_masks"), pytest.raises(ValueError):
-        T.train(tiny_net(), images[:1], [np.zeros((96, 96), np.int32)], config=tiny_config())
+        T.train(images[:1], [np.zeros((96, 96), np.int32)], tiny_net(), config=tiny_config())
 
 
 def test_split_is_deterministic_and_stratified():
@@ -238,16 +258,16 @@ def test_size_model_reads_diameters_from_styles():
     images = T.prepare_images([s.image for s in samples])
     labels = [s.labels for s in samples]
     net = tiny_net()  # even random conv features carry the scale of the objects
-    sm = T.fit_size_model(net, images[:5], labels[:5], n_passes=6, crop_size=96,
+    sm = T.fit_size_model(images[:5], labels[:5], net, n_passes=6, crop_size=96,
                           l2_regularization=1e-3)
     truth = np.array([T.median_diameter(lab) for lab in labels[5:]])
-    guess = np.array([T.estimate_diameter(net, x, size_model=sm, refine=False).diameter
+    guess = np.array([T.estimate_diameter(x, net, size_model=sm, refine=False).diameter
                       for x in images[5:]])
     assert np.all(np.abs(np.log(guess / truth)) < np.log(1.3))
     again = T.SizeModel.from_dict(json.loads(json.dumps(sm.to_dict())))
     np.testing.assert_allclose(again.predict(np.ones((1, 64))), sm.predict(np.ones((1, 64))))
     with pytest.raises(ValueError, match="size model"):
-        T.estimate_diameter(net, images[0])
+        T.estimate_diameter(images[0], net)
 
 
 def test_flow_grid_shortcut_equals_compute_masks():
@@ -263,12 +283,23 @@ def test_flow_grid_shortcut_equals_compute_masks():
 
 
 def test_optimize_thresholds_returns_grid_values(trained, tiny_data, tmp_path):
+    import copy
+
     images, labels = tiny_data
-    best = T.optimize_thresholds(trained.model, images[6:], labels[6:], cellprob_grid=(-1, 0, 1),
-                                 flow_grid=(0.4, 0.8), folder=tmp_path)
-    assert best["cellprob_threshold"] in (-1, 0, 1) and best["flow_threshold"] in (0.4, 0.8)
-    assert np.array(best["grid"]["mean_ap"], float).shape == (3, 2)
-    assert json.loads((tmp_path / "thresholds.json").read_text()) == best
+    net = copy.deepcopy(trained.model)
+    best = T.optimize_thresholds(images[6:], labels[6:], net, cellprob_grid=(-1, 0, 1),
+                                 flow_grid=(0.4, 0.8))
+    assert best.cellprob_threshold in (-1, 0, 1) and best.flow_threshold in (0.4, 0.8)
+    assert best.grid_ap.shape == (3, 2) and best.cellprob_grid == (-1.0, 0.0, 1.0)
+    assert best.mean_ap == np.nanmax(best.grid_ap)
+    assert best.thresholds == {"cellprob_threshold": best.cellprob_threshold,
+                               "flow_threshold": best.flow_threshold}
+    assert net.record.thresholds is None  # nothing kept until the caller says so
+    net.record = net.record.replace(thresholds=best.to_dict())
+    save(net, tmp_path)
+    stored = json.loads((tmp_path / "thresholds.json").read_text())
+    assert stored == best.to_dict() and set(stored) >= set(best.thresholds)
+    assert np.array(stored["grid"]["mean_ap"], float).shape == (3, 2)
 
 
 def test_train_folder_end_to_end(tmp_path):
@@ -278,9 +309,9 @@ def test_train_folder_end_to_end(tmp_path):
                                                  diameter=DIAM, kind="nuclei")):
         tifffile.imwrite(data / f"s{k}_img.tif", s.image)
         tifffile.imwrite(data / f"s{k}_masks.tif", s.labels.astype(np.uint16))
-    res = T.train_folder(data, out_dir=tmp_path / "run", config=tiny_config(n_epochs=2),
-                         model_config=ModelConfig(features=TINY, diam_mean=DIAM),
-                         val_fraction=0.2, seed=0, size_passes=2, size_crop=64, progress=False,
+    config = tiny_config(n_epochs=2, val_fraction=0.2, size_passes=2, size_crop=64)
+    res = T.train_folder(data, out_dir=tmp_path / "run", config=config,
+                         model=ModelConfig(features=TINY, diam_mean=DIAM), progress=False,
                          command="cellpose-nb train")
     assert res.completed
     folder = tmp_path / "run" / "model"
@@ -288,10 +319,14 @@ def test_train_folder_end_to_end(tmp_path):
     assert {"weights.safetensors", "config.json", "training.json", "thresholds.json",
             "size_model.json"} <= names
     net = load(folder)
-    assert net.training_record["val_names"] and len(net.training_record["train_names"]) == 4
-    assert set(net.thresholds) >= {"cellprob_threshold", "flow_threshold"}
+    training = net.record.training
+    assert training["val_names"] and len(training["train_names"]) == 4
+    assert set(net.record.thresholds) >= {"cellprob_threshold", "flow_threshold"}
+    assert training["thresholds"] == net.record.thresholds
+    assert net.record.input_recipe == T.InputRecipe().to_dict()
+    assert json.loads((folder / "size_model.json").read_text()) == training["size_model"]
     x = T.prepare_images([tifffile.imread(data / "s0_img.tif")])[0]
-    est = T.estimate_diameter(net, x)  # the size model comes from training.json
+    est = T.estimate_diameter(x, net)  # the size model comes from training.json
     assert est.diameter >= T.MIN_DIAMETER and est.diameter_style >= T.MIN_DIAMETER
     assert T.load_size_model(folder).diam_mean == DIAM
 
@@ -305,15 +340,15 @@ def test_train_folder_seeds_the_weights_not_the_global_rng(tmp_path, monkeypatch
         tifffile.imwrite(data / f"s{k}_masks.tif", s.labels.astype(np.uint16))
     seen = {}
 
-    def no_training(net, *args, **kw):  # the initial weights, without training
+    def no_training(images, labels, net, **kw):  # the initial weights, without training
         seen.update({k: v.clone() for k, v in net.state_dict().items()})
         return T.TrainResult(net, [], False, None, None)
 
     monkeypatch.setattr(recipe, "train", no_training)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    T.train_folder(data, out_dir=tmp_path / "run", model_config=ModelConfig(features=TINY,
-                   diam_mean=DIAM), val_fraction=0.5, seed=7, progress=False)
+    T.train_folder(data, out_dir=tmp_path / "run", config=T.TrainConfig(seed=7, val_fraction=0.5),
+                   model=ModelConfig(features=TINY, diam_mean=DIAM), progress=False)
     assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched ...
     want = tiny_net(seed=7).state_dict()  # ... and the weights are torch.manual_seed(7)'s
     assert seen.keys() == want.keys()
@@ -328,11 +363,11 @@ def test_training_predictions_are_segments_outputs():
     x = T.prepare_images([s.image])[0]
     net = tiny_net().eval()
     diameter = 13.0
-    pred = predict_flows(net, x, scale=net.config.diam_mean / diameter)
+    pred = predict_flows(x, net, scale=net.config.diam_mean / diameter)
     seg = segment(s.image, net, diameter=diameter, cellprob_threshold=0.0, flow_threshold=0.4)
     np.testing.assert_array_equal(pred.flows, seg.flows)
     np.testing.assert_array_equal(pred.cellprob, seg.cellprob)
-    masks = _masks_at_scale(net, x, scale=net.config.diam_mean / diameter)
+    masks = _masks_at_scale(x, net, scale=net.config.diam_mean / diameter)
     np.testing.assert_array_equal(masks, seg.labels)
 
 def test_float16_path_scales_the_loss_and_checkpoints_the_scaler(tiny_data, tmp_path,
@@ -345,7 +380,7 @@ def test_float16_path_scales_the_loss_and_checkpoints_the_scaler(tiny_data, tmp_
     seen = []
     net.encoder[1].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype)
                                          if mod.training else None)
-    res = T.train(net, images[:6], labels[:6], config=tiny_config(amp=True, n_epochs=2),
+    res = T.train(images[:6], labels[:6], net, config=tiny_config(amp=True, n_epochs=2),
                   out_dir=tmp_path / "run", progress=False)
     assert seen and set(seen) == {torch.float16}
     assert all(p.dtype == torch.float32 for p in res.model.parameters())

@@ -30,7 +30,7 @@ from cellpose_nb.masks import (  # noqa: E402
     trace_points,
 )
 from cellpose_nb.metrics import matching  # noqa: E402
-from cellpose_nb.threshold_cache import follow_with_min, hole_pixels  # noqa: E402
+from cellpose_nb.threshold_cache import follow_with_min  # noqa: E402
 from cellpose_nb.widgets import DiffusionPlayer, FlowExplorer, ThresholdExplorer  # noqa: E402
 
 
@@ -118,32 +118,6 @@ def test_follow_with_min_matches_the_library_and_a_slow_twin(prediction):
         assert low[j] == lowest
 
 
-def test_hole_pixels_fill_like_the_library():
-    rng = np.random.default_rng(5)
-    lab = np.zeros((40, 40), np.int32)
-    lab[2:12, 2:12] = 1
-    lab[5:8, 5:8] = 0  # a hole
-    lab[15:30, 15:30] = 2
-    lab[20:25, 20:25] = 3  # nested in 2
-    lab[18, 18] = 0  # a one-pixel hole in 2
-    lab[32:38, 2:20] = 4
-    lab[34, 3:19] = 0  # cut in two halves: not a hole (reaches the box border)
-    noise = rng.random((40, 40)) < 0.02
-    lab[noise & (lab == 0)] = 5
-    owner, index = hole_pixels(lab)
-    filled = lab.copy()
-    for k in np.unique(owner):
-        if k == 3:
-            continue
-        filled.ravel()[index[owner == k]] = k
-    ref = fill_holes_and_remove_small_masks(np.where(lab == 3, 0, lab), min_size=0)
-    from cellpose_nb.masks import renumber
-
-    assert np.array_equal(renumber(filled), ref)
-    assert set(lab.ravel()[index[owner == 2]]) == {0, 3}  # nested object 3 lies in 2's hole
-
-
-# ----------------------------------------------------------------------------- threshold widget
 def test_threshold_sliders_change_the_masks(sample, prediction):
     ex = ThresholdExplorer(sample.image, *prediction, truth=sample.labels)
     w = ex.widget
@@ -359,6 +333,5 @@ def test_kernels_are_re_exported_from_the_numpy_layer():
     from cellpose_nb import diffusion, threshold_cache
 
     assert widgets.follow_with_min is threshold_cache.follow_with_min
-    assert widgets.hole_pixels is threshold_cache.hole_pixels
     assert widgets.simulate_diffusion is diffusion.simulate_diffusion
     assert widgets.heat_gradient is diffusion.heat_gradient

@@ -1,19 +1,29 @@
-"""``cellpose-nb segment``: images or folders -> masks, outlines, tables, ROIs, ``_seg.npy``."""
+"""``cellpose-nb segment``: images or folders -> masks, outlines, tables, ROIs, ``_seg.npy``.
+
+The network and mask options are fields of :class:`~cellpose_nb.predict.SegmentConfig`,
+and their defaults are read from it, so the command line and the Python API
+cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from cellpose_nb.cli._common import add_channel_options, default_of, load_model, parse_channels, parse_invert
-from cellpose_nb.predict import PRECISIONS, TILE_SIZE, segment
+from cellpose_nb.cli._common import add_channel_options, load_model, parse_channels, parse_invert
+from cellpose_nb.predict import PRECISIONS, SegmentConfig, segment
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MASK_MARKERS = ("_masks", "_cp_masks", "_seg", "_outlines", "_flows")
 FORMATS = ("masks", "outlines", "csv", "rois", "seg")
 
 
+def _config_default(name):
+    return SegmentConfig.__dataclass_fields__[name].default
+
+
 def add_parser(sub):
+    c = _config_default
     seg = sub.add_parser("segment", help="segment images or folders with a model")
     seg.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     seg.add_argument("--out", type=Path, required=True, help="output folder")
@@ -22,20 +32,27 @@ def add_parser(sub):
     seg.add_argument("--diameter", type=float, default=None,
                      help="cell diameter in pixels (default: estimated, else the model's)")
     add_channel_options(seg, default_help="as the model was trained")
-    seg.add_argument("--cellprob-threshold", type=float, default=None,
+    seg.add_argument("--cellprob-threshold", type=float, default=c("cellprob_threshold"),
                      help="default: the model's tuned one, else masks.CELLPROB_THRESHOLD")
-    seg.add_argument("--flow-threshold", type=float, default=None,
+    seg.add_argument("--flow-threshold", type=float, default=c("flow_threshold"),
                      help="default: the model's tuned one, else masks.FLOW_THRESHOLD")
-    seg.add_argument("--augment", action="store_true", help="test-time flips")
-    seg.add_argument("--tile-size", type=int, default=TILE_SIZE)
+    seg.add_argument("--augment", action="store_true", default=c("augment"), help="test-time flips")
+    seg.add_argument("--tile-size", type=int, default=c("tile_size"))
     seg.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
                      help="outputs to write per image")
-    seg.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    seg.add_argument("--precision", default=default_of(segment, "precision"), choices=list(PRECISIONS),
+    seg.add_argument("--device", default=c("device"), help="cuda, mps or cpu (default: best available)")
+    seg.add_argument("--precision", default=c("precision"), choices=list(PRECISIONS),
                      help="network precision; bfloat16/float16 run under autocast: faster on "
                           "GPUs and on CPUs with bfloat16 units, outputs differ by about 1 %%")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.set_defaults(func=run)
+
+
+def config_from_args(args) -> SegmentConfig:
+    """The ``SegmentConfig`` that the parsed arguments describe."""
+    return SegmentConfig(cellprob_threshold=args.cellprob_threshold,
+                         flow_threshold=args.flow_threshold, augment=args.augment,
+                         tile_size=args.tile_size, device=args.device, precision=args.precision)
 
 
 def _is_output_like(path):
@@ -72,6 +89,7 @@ def run(args):
     from cellpose_nb.data import read_image
     from cellpose_nb.export import SUFFIXES, export_all
 
+    config = config_from_args(args)  # bad options fail before the model is loaded
     files = collect_images(args.inputs)
     model = load_model(args.model, args.device)
     channels = None if args.channels is None else parse_channels(args.channels)
@@ -88,11 +106,7 @@ def run(args):
         try:
             image = read_image(f)
             res = segment(image, model, diameter=args.diameter, channels=channels,
-                          invert=parse_invert(args.invert),
-                          cellprob_threshold=args.cellprob_threshold,
-                          flow_threshold=args.flow_threshold, augment=args.augment,
-                          tile_size=args.tile_size, device=args.device,
-                          precision=args.precision)
+                          invert=parse_invert(args.invert), config=config)
             paths = export_all(args.out, name_of(f), image, res, overwrite=args.overwrite,
                                formats=tuple(args.formats))
             tqdm.write(f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files")

@@ -1,7 +1,7 @@
 """``cellpose-nb train``: train (or fine-tune) a model on a Cellpose-style folder.
 
-Every default is read from where it is owned (``TrainConfig``, ``ModelConfig``,
-``train_folder``), so the command line and the Python API cannot drift apart.
+Every default is read from where it is owned (``TrainConfig``, ``ModelConfig``),
+so the command line and the Python API cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from cellpose_nb.cli._common import add_channel_options, default_of, load_model, parse_channels, parse_invert
+from cellpose_nb.cli._common import add_channel_options, load_model, parse_channels, parse_invert
 from cellpose_nb.model import DIAM_MEAN, ModelConfig
-from cellpose_nb.train import SIZE_CROP, SIZE_PASSES, TrainConfig, train_folder
+from cellpose_nb.train import InputRecipe, TrainConfig, train_folder
 
 #: exit code of a run stopped by --max-minutes (resume it with --resume)
 EXIT_BUDGET = 3
@@ -46,13 +46,13 @@ def add_parser(sub):
     tr.add_argument("--decay", type=int, default=c("decay_epochs"),
                     help="epochs of learning-rate halvings at the end (default: Cellpose's rule)")
     tr.add_argument("--val-every", type=int, default=c("val_every"), help="validate every N epochs")
-    tr.add_argument("--size-passes", type=int, default=SIZE_PASSES,
+    tr.add_argument("--size-passes", type=int, default=c("size_passes"),
                     help="random crops per training image for the size model")
-    tr.add_argument("--size-crop", type=int, default=SIZE_CROP, help="side of those crops")
+    tr.add_argument("--size-crop", type=int, default=c("size_crop"), help="side of those crops")
     tr.add_argument("--threads", type=int, default=c("num_threads"), help="torch CPU threads")
     tr.add_argument("--max-minutes", type=float, default=c("max_minutes"),
                     help=f"time budget; stops resumably (exit code {EXIT_BUDGET}), continue with --resume")
-    tr.add_argument("--val-fraction", type=float, default=default_of(train_folder, "val_fraction"))
+    tr.add_argument("--val-fraction", type=float, default=c("val_fraction"))
     tr.add_argument("--seed", type=int, default=c("seed"))
     tr.add_argument("--device", default=c("device"))
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=c("amp"),
@@ -70,7 +70,8 @@ def config_from_args(args, diam_mean) -> TrainConfig:
         learning_rate=args.learning_rate, optimizer=args.optimizer, diam_mean=diam_mean,
         seed=args.seed, device=args.device, max_minutes=args.max_minutes,
         n_images_per_epoch=args.images_per_epoch, warmup_epochs=args.warmup,
-        decay_epochs=args.decay, val_every=args.val_every, num_threads=args.threads, amp=args.amp)
+        decay_epochs=args.decay, val_every=args.val_every, num_threads=args.threads, amp=args.amp,
+        val_fraction=args.val_fraction, size_passes=args.size_passes, size_crop=args.size_crop)
 
 
 def run(args):
@@ -88,11 +89,10 @@ def run(args):
             raise FileNotFoundError(f"--val-list {args.val_list} does not exist")
         val_names = args.val_list.read_text().split()
     t0 = time.perf_counter()
-    result = train_folder(args.folder, out_dir=args.out, config=config, model=model,
-                          model_config=None if model is not None else model_config,
-                          channels=channels, invert=invert, val_fraction=args.val_fraction,
-                          val_names=val_names, seed=args.seed, resume=args.resume,
-                          size_passes=args.size_passes, size_crop=args.size_crop,
+    result = train_folder(args.folder, out_dir=args.out, config=config,
+                          model=model if model is not None else model_config,
+                          input_recipe=InputRecipe(channels=channels, invert=invert),
+                          val_names=val_names, resume=args.resume,
                           command=["cellpose-nb"] + sys.argv[1:])
     if not result.completed:
         print(f"stopped by the time budget after {len(result.history)} epochs; "

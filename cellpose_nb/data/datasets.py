@@ -234,15 +234,20 @@ def histology_to_gray(image: np.ndarray) -> np.ndarray:
 SAMPLES = {
     "fluorescence": "dsb_fluorescence_003cee89",
     "histology": "dsb_histology_00ae65c1",
+    "whole_cells": "cil_F01_120",  # CIL MP6843, CC BY 3.0: channel 0 phalloidin, 1 DAPI
 }
 
 
 def load_sample(name: str = "fluorescence") -> Sample:
-    """One of the small CC0 sample images shipped with the package, with its labels.
+    """One of the small sample images shipped with the package, with its labels.
+
+    ``fluorescence`` and ``histology`` are DSB2018 nuclei (CC0); ``whole_cells``
+    is a CIL MP6843 field (520x696x2: phalloidin, DAPI; CC BY 3.0, see
+    ``sample_data/README.md`` for the attribution).
 
     Parameters
     ----------
-    name : {"fluorescence", "histology"}
+    name : {"fluorescence", "histology", "whole_cells"}
 
     Returns
     -------

@@ -95,7 +95,9 @@ def to_cellpose_state_dict(model: CellposeUNet) -> dict[str, torch.Tensor]:
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
              for k, v in to_cellpose_keys(model.state_dict()).items()}
     state["diam_mean"] = torch.tensor([model.config.diam_mean], dtype=torch.float32)
-    state["diam_labels"] = torch.tensor([float(model.diam_labels)], dtype=torch.float32)
+    diam_labels = model.record.diam_labels  # None: the config's diam_mean (ModelRecord)
+    diam_labels = model.config.diam_mean if diam_labels is None else diam_labels
+    state["diam_labels"] = torch.tensor([float(diam_labels)], dtype=torch.float32)
     return state
 
 

@@ -98,8 +98,7 @@ def _read_json(path: Path):
 
 
 
-def save(model: CellposeUNet, folder: str | os.PathLike, *, training_record=None,
-         thresholds: Mapping[str, float] | None = None, overwrite: bool = False,
+def save(model: CellposeUNet, folder: str | os.PathLike, *, overwrite: bool = False,
          dtype: torch.dtype | str | None = None) -> Path:
     """Write ``model`` to a folder: weights.safetensors, config.json and, for each field
     of ``model.record`` that is set, its file (training.json, thresholds.json,
@@ -110,11 +109,6 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, training_record=None
     model : CellposeUNet
     folder : path
         Created if needed.
-    training_record : dict or dataclass, optional
-        Written to training.json instead of ``model.record.training``.
-    thresholds : dict, optional
-        Tuned thresholds, written to thresholds.json instead of
-        ``model.record.thresholds``.  ``model`` itself is not changed.
     overwrite : bool
         Without it an existing target file raises FileExistsError and nothing is
         written.  With it, a stale record file (training.json, thresholds.json, ...)
@@ -133,8 +127,9 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, training_record=None
     >>> import tempfile
     >>> net = CellposeUNet(ModelConfig(features=(8, 16)))
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     _ = save(net, tmp, thresholds={"cellprob": 0.0})
-    ...     load(tmp).thresholds
+    ...     net.record = net.record.replace(thresholds={"cellprob": 0.0})
+    ...     _ = save(net, tmp)
+    ...     load(tmp).record.thresholds
     {'cellprob': 0.0}
     """
     folder = Path(folder)
@@ -143,10 +138,6 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, training_record=None
         raise ValueError(f"dtype must be a floating torch dtype such as torch.float16, "
                          f"got {dtype!r}")
     record = model.record
-    if training_record is not None:
-        record = record.replace(training=training_record)
-    if thresholds is not None:
-        record = record.replace(thresholds=thresholds)
     extras = {name: getattr(record, field) for field, name in RECORD_FILES.items()}
     targets = [WEIGHTS_FILE, CONFIG_FILE] + [f for f, v in extras.items() if v is not None]
     if not overwrite:
@@ -161,9 +152,10 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, training_record=None
              .contiguous() for k, v in model.state_dict().items()}
     safetensors.torch.save_file(state, folder / WEIGHTS_FILE, metadata={
         "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+    diam_labels = model.config.diam_mean if record.diam_labels is None else record.diam_labels
     (folder / CONFIG_FILE).write_text(_to_json({
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(), "diam_labels": float(model.diam_labels)}))
+        "config": model.config.to_dict(), "diam_labels": float(diam_labels)}))
     for name, value in extras.items():
         if value is not None:
             (folder / name).write_text(_to_json(value))

@@ -214,11 +214,8 @@ class CellposeUNet(nn.Module):
         Everything the model knows besides its weights (training record,
         tuned thresholds, size model, input recipe, ``diam_labels``); written
         and read by :func:`~cellpose_nb.model.save` and :func:`~cellpose_nb.model.load`.
-        Empty but for ``diam_labels = config.diam_mean`` until then.
-    diam_labels, thresholds, training_record, input_recipe, size_model
-        The record's fields under the names they had before the record
-        (``training_record`` is ``record.training``).  Assigning them replaces
-        the record; this is kept for a transition, assign ``record`` instead.
+        Empty but for ``diam_labels = config.diam_mean`` until then.  Frozen:
+        change it with ``net.record = net.record.replace(thresholds=...)``.
 
     Notes
     -----
@@ -305,53 +302,6 @@ class CellposeUNet(nn.Module):
             raise ValueError(f"input shape {shape}: H and W must be multiples of {m} "
                              f"(2**(len(features)-1)); pad the image, e.g. to "
                              f"({-(-shape[2] // m) * m}, {-(-shape[3] // m) * m})")
-
-    # --- the record's fields under their former names (setters: for the transition) ---
-    @property
-    def diam_labels(self) -> float:
-        """``record.diam_labels``, else ``config.diam_mean``."""
-        d = self.record.diam_labels
-        return self.config.diam_mean if d is None else d
-
-    @diam_labels.setter
-    def diam_labels(self, value: float | None) -> None:
-        self.record = self.record.replace(diam_labels=value)
-
-    @property
-    def thresholds(self) -> dict | None:
-        """``record.thresholds``."""
-        return self.record.thresholds
-
-    @thresholds.setter
-    def thresholds(self, value: dict | None) -> None:
-        self.record = self.record.replace(thresholds=value)
-
-    @property
-    def training_record(self) -> dict | None:
-        """``record.training``."""
-        return self.record.training
-
-    @training_record.setter
-    def training_record(self, value: dict | None) -> None:
-        self.record = self.record.replace(training=value)
-
-    @property
-    def input_recipe(self) -> dict | None:
-        """``record.input_recipe``."""
-        return self.record.input_recipe
-
-    @input_recipe.setter
-    def input_recipe(self, value: dict | None) -> None:
-        self.record = self.record.replace(input_recipe=value)
-
-    @property
-    def size_model(self) -> dict | None:
-        """``record.size_model`` (a dict, as in size_model.json)."""
-        return self.record.size_model
-
-    @size_model.setter
-    def size_model(self, value) -> None:
-        self.record = self.record.replace(size_model=value)
 
 
 # --- inspecting a network -------------------------------------------------------------

@@ -20,14 +20,22 @@ so a 4096 x 4096 image needs a few float32 copies of itself, not one per tile.
 The geometry (padding, tile positions, taper) is Cellpose's, so that the same
 weights give the same network outputs as ``cellpose.core.run_net``.
 
+The network and mask knobs of :func:`segment` are a :class:`SegmentConfig`
+(``segment(image, model, config=cfg)``) or keyword overrides of its fields
+(``segment(image, model, augment=True)``).  Data come first everywhere:
+``run_net(x, model)``, ``predict_flows(x, model)``, ``estimate_diameter(image, model)``
+(the previous ``(model, data)`` order still works for one release, with a
+``DeprecationWarning``).
+
 Modules: ``tiles`` (tile geometry and blending), ``net`` (network passes,
-flips, precision, rescaling), ``diameter`` (the size model), ``segmentation``
-(:func:`segment`, :func:`segment_many`).  This package never imports
-:mod:`cellpose_nb.train`.
+flips, precision, rescaling), ``diameter`` (the size model), ``config``
+(:class:`SegmentConfig`), ``segmentation`` (:func:`segment`,
+:func:`segment_many`).  This package never imports :mod:`cellpose_nb.train`.
 """
 
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, MIN_SIZE, N_ITER
+from cellpose_nb.predict.config import SegmentConfig
 from cellpose_nb.predict.diameter import (
     MIN_DIAMETER,
     SIZE_MODEL_FILE,
@@ -40,6 +48,7 @@ from cellpose_nb.predict.diameter import (
 from cellpose_nb.predict.net import (
     BATCH_SIZE,
     BATCH_SIZE_CPU,
+    PRECISION,
     PRECISIONS,
     FlowPrediction,
     NetOutput,
@@ -50,6 +59,7 @@ from cellpose_nb.predict.net import (
 from cellpose_nb.predict.segmentation import (
     DEFAULT_CHANNELS,
     THRESHOLD_KEYS,
+    InputKnobs,
     Segmentation,
     input_knobs,
     segment,
@@ -70,7 +80,7 @@ from cellpose_nb.predict.tiles import (
 
 __all__ = [
     # segmentation
-    "Segmentation", "segment", "segment_many", "input_knobs",
+    "Segmentation", "SegmentConfig", "InputKnobs", "segment", "segment_many", "input_knobs",
     # network passes
     "NetOutput", "FlowPrediction", "run_net", "predict_flows", "n_iter_for",
     # tiles
@@ -81,7 +91,7 @@ __all__ = [
     # constants (owned by the modules above; thresholds, MIN_SIZE, N_ITER by masks,
     # FLOW_SCALE by flows)
     "TILE_SIZE", "TILE_OVERLAP", "OVERLAP_RANGE", "PAD_MULTIPLE", "PAD_EXTRA",
-    "TAPER_MARGIN", "TAPER_SIGMA", "BATCH_SIZE", "BATCH_SIZE_CPU", "PRECISIONS",
+    "TAPER_MARGIN", "TAPER_SIGMA", "BATCH_SIZE", "BATCH_SIZE_CPU", "PRECISION", "PRECISIONS",
     "DEFAULT_CHANNELS", "THRESHOLD_KEYS", "CELLPROB_THRESHOLD", "FLOW_THRESHOLD",
     "MIN_SIZE", "N_ITER", "FLOW_SCALE", "MIN_DIAMETER", "SIZE_MODEL_FILE",
 ]

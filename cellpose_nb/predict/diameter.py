@@ -16,6 +16,7 @@ import numpy as np
 
 from cellpose_nb.flows import check_labels
 from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD
+from cellpose_nb.predict._compat import _data_first
 from cellpose_nb.predict.net import _masks_at_scale, predict_flows
 
 __all__ = ["MIN_DIAMETER", "SIZE_MODEL_FILE", "SizeModel", "DiameterEstimate",
@@ -109,13 +110,13 @@ def load_size_model(folder) -> SizeModel:
 
 
 def _stored_size_model(model):
-    """The model's own size model: ``model.size_model`` (a SizeModel, or its
+    """The model's own size model: ``model.record.size_model`` (a SizeModel, or its
     :meth:`~SizeModel.to_dict` as the model's record keeps it), else the one in
-    its ``training_record``, else None."""
-    stored = getattr(model, "size_model", None)
+    its training record (``model.record.training``), else None."""
+    stored = getattr(getattr(model, "record", None), "size_model", None)
     if stored is not None:
         return stored if isinstance(stored, SizeModel) else SizeModel.from_dict(stored)
-    record = getattr(model, "training_record", None) or {}
+    record = getattr(getattr(model, "record", None), "training", None) or {}
     if record.get("size_model"):
         return SizeModel.from_dict(record["size_model"])
     return None
@@ -148,7 +149,7 @@ class DiameterEstimate(NamedTuple):
     diameter_style: float
 
 
-def estimate_diameter(model, image, *, size_model=None, refine=True,
+def estimate_diameter(image, model, *, size_model=None, refine=True,
                       cellprob_threshold=CELLPROB_THRESHOLD,
                       flow_threshold=FLOW_THRESHOLD) -> DiameterEstimate:
     """Estimate the median object diameter of one image (Cellpose's ``SizeModel.eval``).
@@ -159,11 +160,13 @@ def estimate_diameter(model, image, *, size_model=None, refine=True,
 
     Parameters
     ----------
-    model : CellposeUNet
     image : ndarray (2, H, W) of float32
         A network input.
+    model : CellposeUNet
+        The old order ``estimate_diameter(model, image)`` still works for one
+        release, with a DeprecationWarning.
     size_model : SizeModel, optional
-        Default: ``model.size_model`` or the one in ``model.training_record``.
+        Default: ``model.record.size_model`` or the one in ``model.record.training``.
     refine : bool
         Segment at the style's scale and measure the masks.
     cellprob_threshold, flow_threshold : float
@@ -178,20 +181,21 @@ def estimate_diameter(model, image, *, size_model=None, refine=True,
     >>> from cellpose_nb.model import CellposeUNet, ModelConfig
     >>> net = CellposeUNet(ModelConfig(features=(4, 8), diam_mean=10.0))
     >>> sm = SizeModel(np.zeros(8), np.zeros(8), np.log(2.0), 10.0)
-    >>> estimate_diameter(net, np.zeros((2, 16, 16), np.float32), size_model=sm,
+    >>> estimate_diameter(np.zeros((2, 16, 16), np.float32), net, size_model=sm,
     ...                   refine=False).diameter_style
     20.0
     """
+    image, model = _data_first(image, model, func="estimate_diameter", data_name="image")
     sm = _find_size_model(model, size_model)
     x = np.asarray(image, np.float32)
     if x.ndim != 3 or x.shape[0] != model.config.n_channels:
         raise ValueError(f"image has shape {x.shape}; expected a network input "
                          f"({model.config.n_channels}, H, W)")
-    style = predict_flows(model, x).style
+    style = predict_flows(x, model).style
     d_style = float(sm.predict(style[None])[0]) if np.isfinite(style).all() else sm.diam_mean
     if not refine:
         return DiameterEstimate(d_style, d_style)
-    masks = _masks_at_scale(model, x, scale=sm.diam_mean / d_style,
+    masks = _masks_at_scale(x, model, scale=sm.diam_mean / d_style,
                             cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold)
     d = median_diameter(masks)
     return DiameterEstimate(d if d > 0 else d_style, d_style)

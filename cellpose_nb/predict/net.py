@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, N_ITER, compute_masks
 from cellpose_nb.model import resolve_device
+from cellpose_nb.predict._compat import _data_first
 from cellpose_nb.predict.tiles import (
     PAD_MULTIPLE,
     TILE_OVERLAP,
@@ -31,13 +32,14 @@ from cellpose_nb.predict.tiles import (
     tile_layout,
 )
 
-__all__ = ["BATCH_SIZE", "BATCH_SIZE_CPU", "PRECISIONS", "NetOutput", "FlowPrediction",
-           "run_net", "predict_flows", "n_iter_for"]
+__all__ = ["BATCH_SIZE", "BATCH_SIZE_CPU", "PRECISION", "PRECISIONS", "NetOutput",
+           "FlowPrediction", "run_net", "predict_flows", "n_iter_for"]
 
 BATCH_SIZE = 8  # tiles per forward pass on GPUs (Cellpose's batch_size)
 BATCH_SIZE_CPU = 2  # ... and on the CPU, where small batches keep the feature maps in cache
 # run_net(precision=...) -> autocast dtype; None = plain float32 (exactly Cellpose's numbers)
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISION = "float32"  # the default: Cellpose's numbers
 
 
 class NetOutput(NamedTuple):
@@ -105,17 +107,18 @@ def _flip_axes(layout, j, i):
     return tuple(ax for ax, odd in ((1, i % 2), (2, j % 2)) if odd)
 
 
-def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment=False,
-            batch_size=None, device=None, precision="float32"):
+def run_net(x, model, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment=False,
+            batch_size=None, device=None, precision=PRECISION):
     """Run the network on a (C, H, W) input of any size, in blended tiles.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        ``forward(x) -> (y, style)`` as :class:`~cellpose_nb.model.CellposeUNet`;
-        run in eval mode (its mode is restored afterwards).
     x : ndarray (C, H, W)
         Network input, e.g. from :func:`~cellpose_nb.normalize.to_network_input`.
+    model : torch.nn.Module
+        ``forward(x) -> (y, style)`` as :class:`~cellpose_nb.model.CellposeUNet`;
+        run in eval mode (its mode is restored afterwards).  The old order
+        ``run_net(model, x)`` still works for one release, with a DeprecationWarning.
     tile_size : int
         Tile side in pixels, a multiple of 16.
     tile_overlap : float
@@ -147,10 +150,11 @@ def run_net(model, x, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
     >>> from cellpose_nb.model import CellposeUNet, ModelConfig
     >>> _ = torch.manual_seed(0)
     >>> net = CellposeUNet(ModelConfig(features=(8, 16))).eval()
-    >>> out = run_net(net, np.random.default_rng(0).random((2, 70, 90), np.float32), tile_size=32)
+    >>> out = run_net(np.random.default_rng(0).random((2, 70, 90), np.float32), net, tile_size=32)
     >>> out.y.shape, out.y.dtype, out.style.shape
     ((3, 70, 90), dtype('float32'), (16,))
     """
+    x, model = _data_first(x, model, func="run_net", data_name="x")
     x = np.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"x must be a (C, H, W) network input; got shape {x.shape}")
@@ -228,7 +232,7 @@ def n_iter_for(scale):
     return max(1, int(N_ITER / scale))
 
 
-def predict_flows(model, x, *, scale=1.0, **run_kw):
+def predict_flows(x, model, *, scale=1.0, **run_kw):
     """The network's flows and cell probability for one network input, at its own size.
 
     ``x`` is zoomed by ``scale`` (bilinear, to ``int(n * scale)`` pixels as
@@ -239,9 +243,11 @@ def predict_flows(model, x, *, scale=1.0, **run_kw):
 
     Parameters
     ----------
-    model : CellposeUNet
     x : ndarray (C, H, W)
         Network input (see :func:`~cellpose_nb.normalize.to_network_input`).
+    model : CellposeUNet
+        The old order ``predict_flows(model, x)`` still works for one release,
+        with a DeprecationWarning.
     scale : float
         ``diam_mean / diameter``.
     **run_kw
@@ -257,10 +263,11 @@ def predict_flows(model, x, *, scale=1.0, **run_kw):
     >>> from cellpose_nb.model import CellposeUNet, ModelConfig
     >>> _ = torch.manual_seed(0)
     >>> net = CellposeUNet(ModelConfig(features=(8, 16))).eval()
-    >>> p = predict_flows(net, np.zeros((2, 40, 30), np.float32), scale=1.5)
+    >>> p = predict_flows(np.zeros((2, 40, 30), np.float32), net, scale=1.5)
     >>> p.flows.shape, p.cellprob.shape, p.style.shape
     ((2, 40, 30), (40, 30), (16,))
     """
+    x, model = _data_first(x, model, func="predict_flows", data_name="x")
     x = np.asarray(x, np.float32)
     shape = x.shape[1:]
     scale = float(scale)
@@ -268,18 +275,18 @@ def predict_flows(model, x, *, scale=1.0, **run_kw):
         raise ValueError(f"scale must be a positive number; got {scale!r}")
     if scale != 1.0:
         x = _resize(x, tuple(max(1, int(n * scale)) for n in shape))  # int(): as Cellpose
-    net = run_net(model, x, **run_kw)
+    net = run_net(x, model, **run_kw)
     y = net.y if scale == 1.0 else _resize(net.y, shape)
     flows = y[:2]
     flows /= FLOW_SCALE
     return FlowPrediction(flows=flows, cellprob=y[2], style=net.style)
 
 
-def _masks_at_scale(model, x, *, scale, cellprob_threshold=CELLPROB_THRESHOLD,
+def _masks_at_scale(x, model, *, scale, cellprob_threshold=CELLPROB_THRESHOLD,
                     flow_threshold=FLOW_THRESHOLD):
     """Labels of one (C, H, W) input zoomed by ``scale``: :func:`predict_flows`, then
     :func:`~cellpose_nb.masks.compute_masks` with ``n_iter_for(scale)`` steps, as
     :func:`~cellpose_nb.predict.segment` does (validation AP, diameter refinement)."""
-    pred = predict_flows(model, x, scale=scale)
+    pred = predict_flows(x, model, scale=scale)
     return compute_masks(pred.flows, pred.cellprob, cellprob_threshold=cellprob_threshold,
                          flow_threshold=flow_threshold, n_iter=n_iter_for(scale))

@@ -2,7 +2,8 @@
 
 The knobs a model brings along are resolved here: its input recipe
 (:func:`input_knobs`), its tuned thresholds, and its size model when no
-diameter is given.
+diameter is given.  The network and mask knobs are a
+:class:`~cellpose_nb.predict.SegmentConfig`, or keyword overrides of one.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, MIN_SIZE, compute_masks
+from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, compute_masks
 from cellpose_nb.normalize import to_network_input
+from cellpose_nb.predict.config import SegmentConfig
 from cellpose_nb.predict.diameter import _stored_size_model, estimate_diameter
 from cellpose_nb.predict.net import n_iter_for, predict_flows
-from cellpose_nb.predict.tiles import TILE_OVERLAP, TILE_SIZE
 
-__all__ = ["Segmentation", "segment", "segment_many", "input_knobs"]
+__all__ = ["Segmentation", "InputKnobs", "segment", "segment_many", "input_knobs"]
 
 DEFAULT_CHANNELS = (0, None)  # network input of a model without an input recipe
-# keys read from model.thresholds, first match wins
+# keys read from model.record.thresholds, first match wins
 THRESHOLD_KEYS = {"cellprob_threshold": ("cellprob_threshold", "cellprob"),
                   "flow_threshold": ("flow_threshold", "flow")}
 
@@ -64,7 +65,7 @@ def _resolve_diameter(model, x, diameter):
         reason = ("the model has no size model (fit one with "
                   "cellpose_nb.train.fit_size_model)")
     else:
-        d = float(estimate_diameter(model, x, size_model=size_model).diameter)
+        d = float(estimate_diameter(x, model, size_model=size_model).diameter)
         if math.isfinite(d) and d > 0:
             return d
         reason = f"the size model returned {d}"
@@ -74,7 +75,7 @@ def _resolve_diameter(model, x, diameter):
 
 
 def _thresholds(model, cellprob_threshold, flow_threshold):
-    tuned = getattr(model, "thresholds", None) or {}
+    tuned = getattr(getattr(model, "record", None), "thresholds", None) or {}
     chosen = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold}
     defaults = {"cellprob_threshold": CELLPROB_THRESHOLD, "flow_threshold": FLOW_THRESHOLD}
     for name, keys in THRESHOLD_KEYS.items():
@@ -84,11 +85,26 @@ def _thresholds(model, cellprob_threshold, flow_threshold):
     return chosen
 
 
-def input_knobs(model, channels=None, invert=None):
+class InputKnobs(NamedTuple):
+    """Result of :func:`input_knobs`: how an image becomes network input.
+
+    Attributes
+    ----------
+    channels : tuple
+        ``channels`` of :func:`~cellpose_nb.normalize.to_network_input`.
+    invert : bool or "auto"
+        ``invert`` of :func:`~cellpose_nb.normalize.to_network_input`.
+    """
+
+    channels: tuple
+    invert: bool | str
+
+
+def input_knobs(model, channels=None, invert=None) -> InputKnobs:
     """``channels`` and ``invert`` for :func:`segment`: the caller's, else the model's recipe.
 
     A model trained by :func:`cellpose_nb.train.train_folder` remembers how its
-    training images became network input (``model.input_recipe``, saved as
+    training images became network input (``model.record.input_recipe``, saved as
     ``input.json``); without one the defaults are ``(0, None)`` and ``False``.
 
     Examples
@@ -96,53 +112,67 @@ def input_knobs(model, channels=None, invert=None):
     >>> from cellpose_nb.model import CellposeUNet, ModelConfig
     >>> net = CellposeUNet(ModelConfig(features=(4, 8)))
     >>> input_knobs(net)
-    ((0, None), False)
-    >>> net.input_recipe = {"channels": ["gray", None], "invert": "auto"}
-    >>> input_knobs(net), input_knobs(net, channels=(1, 0), invert=False)
+    InputKnobs(channels=(0, None), invert=False)
+    >>> net.record = net.record.replace(input_recipe={"channels": ["gray", None], "invert": "auto"})
+    >>> channels, invert = input_knobs(net)
+    >>> (channels, invert), tuple(input_knobs(net, channels=(1, 0), invert=False))
     ((('gray', None), 'auto'), ((1, 0), False))
     """
-    recipe = getattr(model, "input_recipe", None) or {}
+    recipe = getattr(getattr(model, "record", None), "input_recipe", None) or {}
     if channels is None:
         channels = tuple(recipe.get("channels", DEFAULT_CHANNELS))
     if invert is None:
         invert = recipe.get("invert", False)
-    return tuple(channels), invert
+    return InputKnobs(tuple(channels), invert)
 
 
-def segment(image, model, *, diameter=None, channels=None, channel_axis=None,
-            invert=None, normalize=True, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP,
-            augment=False, cellprob_threshold=None, flow_threshold=None, min_size=MIN_SIZE,
-            n_iter=None, batch_size=None, device=None, precision="float32"):
+def _config_of(config, knobs):
+    """``config`` (default: ``SegmentConfig()``) with the keyword overrides ``knobs``."""
+    if config is None:
+        config = SegmentConfig()
+    elif not isinstance(config, SegmentConfig):
+        raise TypeError(f"config must be a SegmentConfig; got {type(config).__name__}")
+    return config.replace(**knobs)
+
+
+def segment(image, model, *, diameter=None, channels=None, channel_axis=None, invert=None,
+            config=None, **knobs):
     """Segment an image (or a list of images) with a trained model.
 
     Parameters
     ----------
     image : ndarray (H, W) or (H, W, C), or a list of them
         See :func:`~cellpose_nb.normalize.to_network_input` for ``channels``,
-        ``channel_axis``, ``invert`` and ``normalize``.
+        ``channel_axis`` and ``invert``.
     model : CellposeUNet
         Anything with ``forward(x) -> (y, style)`` and ``config.diam_mean``.
     diameter : float, optional
         Cell diameter in pixels; the image is rescaled by ``diam_mean / diameter``.
         None: estimated by :func:`~cellpose_nb.predict.estimate_diameter` when the
-        model has a size model (``model.size_model`` or one in its training record),
+        model has a size model (``model.record.size_model`` or one in its training record),
         else the model's ``diam_mean`` (no rescaling) with a warning.
-    channels, channel_axis, invert, normalize
+    channels, channel_axis, invert
         Passed to ``to_network_input``.  ``channels=None`` and ``invert=None``
         take the model's ``input_recipe`` (see :func:`input_knobs`), e.g. the
         shipped nuclei model's ``("gray", None)`` and ``"auto"``: colour images
         are turned to gray and images with dark nuclei on a light background
         (histology, brightfield) inverted; ``(0, None)`` and ``False`` without one.
-    tile_size, tile_overlap, augment, batch_size, device, precision
-        See :func:`~cellpose_nb.predict.run_net`.
-    cellprob_threshold, flow_threshold : float, optional
-        None: the model's tuned ``thresholds`` if it has them, else
-        :mod:`cellpose_nb.masks`' ``CELLPROB_THRESHOLD`` (0.0) and ``FLOW_THRESHOLD`` (0.4).
-    min_size, n_iter
-        See :func:`~cellpose_nb.masks.compute_masks`.  ``n_iter=None`` follows the
-        flows ``200 * diameter / diam_mean`` steps, as Cellpose's ``eval`` does:
-        the masks are computed at the original size, where cells are that much
-        larger (or smaller) than the model's.
+    config : SegmentConfig, optional
+        The network and mask knobs (default: ``SegmentConfig()``):
+
+        - ``normalize``: passed to ``to_network_input``;
+        - ``tile_size``, ``tile_overlap``, ``augment``, ``batch_size``, ``device``,
+          ``precision``: see :func:`~cellpose_nb.predict.run_net`;
+        - ``cellprob_threshold``, ``flow_threshold``: None takes the model's tuned
+          ``thresholds`` if it has them, else :mod:`cellpose_nb.masks`'
+          ``CELLPROB_THRESHOLD`` and ``FLOW_THRESHOLD``;
+        - ``min_size``, ``n_iter``: see :func:`~cellpose_nb.masks.compute_masks`.
+          ``n_iter=None`` follows the flows ``200 * diameter / diam_mean`` steps, as
+          Cellpose's ``eval`` does: the masks are computed at the original size,
+          where cells are that much larger (or smaller) than the model's.
+    **knobs
+        Fields of ``config`` to override, e.g. ``augment=True``; an unknown name
+        raises TypeError.
 
     Returns
     -------
@@ -158,32 +188,28 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None,
     >>> res.labels.shape, res.labels.dtype, res.flows.shape, res.cellprob.shape, res.diameter
     ((40, 50), dtype('int32'), (2, 40, 50), (40, 50), 12.0)
     """
-    knobs = dict(diameter=diameter, channels=channels, channel_axis=channel_axis,
-                 invert=invert, normalize=normalize, tile_size=tile_size,
-                 tile_overlap=tile_overlap, augment=augment,
-                 cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
-                 min_size=min_size, n_iter=n_iter, batch_size=batch_size, device=device,
-                 precision=precision)
+    cfg = _config_of(config, knobs)
     if isinstance(image, list):
-        return [segment(im, model, **knobs) for im in image]
+        return [segment(im, model, diameter=diameter, channels=channels,
+                        channel_axis=channel_axis, invert=invert, config=cfg) for im in image]
     channels, invert = input_knobs(model, channels, invert)
     x = to_network_input(image, channels=channels, channel_axis=channel_axis,
-                         normalize=normalize, invert=invert)
+                         normalize=cfg.normalize, invert=invert)
     diameter = _resolve_diameter(model, x, diameter)
     scale = float(model.config.diam_mean) / diameter
-    pred = predict_flows(model, x, scale=scale, tile_size=tile_size, tile_overlap=tile_overlap,
-                         augment=augment, batch_size=batch_size, device=device,
-                         precision=precision)
+    pred = predict_flows(x, model, scale=scale, tile_size=cfg.tile_size,
+                         tile_overlap=cfg.tile_overlap, augment=cfg.augment,
+                         batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
     del x
-    th = _thresholds(model, cellprob_threshold, flow_threshold)
-    if n_iter is None:
-        n_iter = n_iter_for(scale)
-    labels = compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter, min_size=min_size)
+    th = _thresholds(model, cfg.cellprob_threshold, cfg.flow_threshold)
+    n_iter = n_iter_for(scale) if cfg.n_iter is None else cfg.n_iter
+    labels = compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter, min_size=cfg.min_size)
     return Segmentation(labels=labels, flows=pred.flows, cellprob=pred.cellprob,
                         style=pred.style, diameter=diameter)
 
 
-def segment_many(images, model, *, progress=True, **knobs):
+def segment_many(images, model, *, progress=True, diameter=None, channels=None,
+                 channel_axis=None, invert=None, config=None, **knobs):
     """:func:`segment` each image of an iterable, with a tqdm progress bar.
 
     Parameters
@@ -193,8 +219,9 @@ def segment_many(images, model, *, progress=True, **knobs):
     model : CellposeUNet
     progress : bool
         Show the progress bar.
-    **knobs
-        Keyword arguments of :func:`segment`.
+    diameter, channels, channel_axis, invert, config, **knobs
+        As :func:`segment`, the same for every image (the knobs are checked
+        before the first image is read).
 
     Returns
     -------
@@ -212,6 +239,8 @@ def segment_many(images, model, *, progress=True, **knobs):
     """
     from tqdm.auto import tqdm
 
+    cfg = _config_of(config, knobs)
     total = len(images) if hasattr(images, "__len__") else None
-    return [segment(im, model, **knobs)
+    return [segment(im, model, diameter=diameter, channels=channels, channel_axis=channel_axis,
+                    invert=invert, config=cfg)
             for im in tqdm(images, total=total, desc="segment", disable=not progress)]

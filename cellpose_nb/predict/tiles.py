@@ -128,7 +128,16 @@ def taper_mask(shape):
     return np.outer(_taper_profile(shape[0]), _taper_profile(shape[1])).astype(np.float32)
 
 
-def _read_tile(x, layout, top, left, out):
+class _TilePlace(NamedTuple):
+    """Where a tile meets the image: ``image`` = (row start, row end, col start,
+    col end) of the shared part in image coordinates, ``offset`` = its (row, col)
+    inside the tile."""
+
+    image: tuple[int, int, int, int]
+    offset: tuple[int, int]
+
+
+def _read_tile(x, layout, top, left, out) -> _TilePlace:
     """Copy the part of tile (top, left) that overlaps the image into ``out`` (zeros elsewhere)."""
     out[...] = 0
     h, w = x.shape[1:]
@@ -137,7 +146,7 @@ def _read_tile(x, layout, top, left, out):
     cs, ce = max(c0, 0), min(c0 + layout.tile[1], w)
     if rs < re_ and cs < ce:
         out[:, rs - r0:re_ - r0, cs - c0:ce - c0] = x[:, rs:re_, cs:ce]
-    return (rs, re_, cs, ce), (rs - r0, cs - c0)
+    return _TilePlace(image=(rs, re_, cs, ce), offset=(rs - r0, cs - c0))
 
 
 def _add_tile(total, weight, out, place, weight_tile):

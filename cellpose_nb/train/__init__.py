@@ -23,7 +23,7 @@ Training inputs are network inputs: (2, H, W) float32 arrays, as returned by
 :func:`prepare_images` (a thin loop over
 :func:`cellpose_nb.normalize.to_network_input`).
 
-Modules: ``config`` (TrainConfig, TrainResult, run-folder names), ``loss``,
+Modules: ``config`` (TrainConfig, InputRecipe, TrainResult, run-folder names), ``loss``,
 ``inputs`` (data preparation), ``precision`` (mixed precision, threads),
 ``checkpoint``, ``steps`` (one optimisation step), ``loop`` (:func:`train`),
 ``size_model``, ``thresholds``, ``recipe`` (:func:`finish_model`,
@@ -42,16 +42,18 @@ from cellpose_nb.predict import (
     load_size_model,
 )
 from cellpose_nb.train.config import (
-    AP_IOU,
     CHECKPOINT_FILE,
     FLOW_CACHE_DIR,
     HISTORY_COLUMNS,
     HISTORY_FILE,
     MODEL_DIR,
+    InputRecipe,
     TrainConfig,
     TrainResult,
 )
 from cellpose_nb.train.inputs import (
+    VAL_FRACTION,
+    TrainValSplit,
     cached_flows,
     data_hash,
     median_diameter,
@@ -70,10 +72,17 @@ from cellpose_nb.train.size_model import (
     SIZE_SCALE_RANGE,
     fit_size_model,
 )
-from cellpose_nb.train.thresholds import CELLPROB_GRID, FLOW_GRID, optimize_thresholds
+from cellpose_nb.train.thresholds import (
+    AP_IOU,
+    CELLPROB_GRID,
+    FLOW_GRID,
+    ThresholdSearch,
+    optimize_thresholds,
+)
 
 __all__ = [
     "TrainConfig",
+    "InputRecipe",
     "amp_dtype",
     "cpu_has_bfloat16_units",
     "TrainResult",
@@ -86,11 +95,13 @@ __all__ = [
     "cached_flows",
     "data_hash",
     "split_train_val",
+    "TrainValSplit",
     "train",
     "fit_size_model",
     "estimate_diameter",
     "load_size_model",
     "optimize_thresholds",
+    "ThresholdSearch",
     "finish_model",
     "train_folder",
     # constants (MIN_DIAMETER and SIZE_MODEL_FILE are owned by cellpose_nb.predict,
@@ -98,5 +109,5 @@ __all__ = [
     "MIN_DIAMETER", "DECAY_RULE", "CHECKPOINT_FILE", "HISTORY_FILE", "HISTORY_COLUMNS",
     "MODEL_DIR", "FLOW_CACHE_DIR", "SIZE_MODEL_FILE", "SIZE_CROP", "SIZE_SCALE_RANGE",
     "SIZE_PASSES", "SIZE_L2", "SIZE_L2_GRID", "CELLPROB_GRID", "FLOW_GRID", "AP_IOU",
-    "MIN_SIZE", "AMP_DTYPES",
+    "VAL_FRACTION", "MIN_SIZE", "AMP_DTYPES",
 ]

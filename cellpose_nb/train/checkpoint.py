@@ -12,10 +12,13 @@ import numpy as np
 import torch
 
 from cellpose_nb import __version__
-from cellpose_nb.train.config import HISTORY_COLUMNS
+from cellpose_nb.train.config import HISTORY_COLUMNS, TrainConfig
 
-# config fields that may differ between a run and its resumption
-_RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp"})
+# config fields that may differ between a run and its resumption: how it runs, and
+# what happens after the loop (the checkpoint holds neither)
+_RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every", "amp",
+                             "size_passes", "size_crop", "size_l2_grid", "cellprob_grid",
+                             "flow_grid"})
 
 
 def _atomic_torch_save(obj, path):
@@ -39,9 +42,11 @@ def _versions():
 
 
 def _check_resumable(saved, config, digest):
-    current = config.to_dict()
+    current, before = config.to_dict(), saved["config"]
+    # a field added to TrainConfig after the checkpoint was written counts as its default
+    defaults = TrainConfig().to_dict()
     changed = sorted(k for k in current if k not in _RUNTIME_FIELDS
-                     and _jsonable(saved["config"].get(k)) != _jsonable(current[k]))
+                     and _jsonable(before.get(k, defaults[k])) != _jsonable(current[k]))
     if changed:
         raise ValueError(f"cannot resume: the config differs from the checkpoint's in "
                          f"{changed} (only {sorted(_RUNTIME_FIELDS)} may change)")

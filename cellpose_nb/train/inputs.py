@@ -12,6 +12,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -20,7 +21,10 @@ from cellpose_nb.flows import check_labels, masks_to_flows
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict import DEFAULT_CHANNELS, MIN_DIAMETER, median_diameter
 
-__all__ = ["prepare_images", "median_diameter", "cached_flows", "data_hash", "split_train_val"]
+__all__ = ["prepare_images", "median_diameter", "cached_flows", "data_hash", "split_train_val",
+           "TrainValSplit", "VAL_FRACTION"]
+
+VAL_FRACTION = 0.1  # share of the images split_train_val holds out for validation
 
 
 def prepare_images(images, *, channels=DEFAULT_CHANNELS, channel_axis=None, invert=False,
@@ -102,7 +106,14 @@ def data_hash(images, labels) -> str:
     return digest.hexdigest()
 
 
-def split_train_val(n, *, val_fraction=0.1, seed=0, strata=None):
+class TrainValSplit(NamedTuple):
+    """What :func:`split_train_val` returns: sorted indices of each part."""
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+def split_train_val(n, *, val_fraction=VAL_FRACTION, seed=0, strata=None) -> TrainValSplit:
     """Deterministic train/validation split of ``n`` items, optionally stratified.
 
     Each stratum (e.g. imaging modality) gives ``round(val_fraction * size)``
@@ -111,8 +122,8 @@ def split_train_val(n, *, val_fraction=0.1, seed=0, strata=None):
 
     Returns
     -------
-    train_idx, val_idx : ndarray of int
-        Sorted indices.
+    TrainValSplit
+        ``train_idx``, ``val_idx``: sorted ndarrays of int.
 
     Examples
     --------
@@ -134,7 +145,7 @@ def split_train_val(n, *, val_fraction=0.1, seed=0, strata=None):
             k = max(k, 1)
         val.extend(rng.permutation(members)[:k].tolist())
     val_idx = np.array(sorted(val), dtype=int)
-    return np.setdiff1d(np.arange(n), val_idx), val_idx
+    return TrainValSplit(np.setdiff1d(np.arange(n), val_idx), val_idx)
 
 
 def _check_inputs(images, labels, n_channels, what):
@@ -159,7 +170,16 @@ def _rescale_factors(labels, diam_mean, rescale):
     return diams, (diam_mean / diams if rescale else np.ones(len(diams)))
 
 
-def _drop_sparse(images, labels, names, min_masks):
+class _Kept(NamedTuple):
+    """The training images with enough objects, and their indices in the input."""
+
+    images: list
+    labels: list
+    names: list | None
+    indices: list
+
+
+def _drop_sparse(images, labels, names, min_masks) -> _Kept:
     counts = [len(np.unique(lab)) - (1 if (lab == 0).any() else 0) for lab in labels]
     keep = [k for k, c in enumerate(counts) if c >= min_masks]
     if len(keep) < len(images):
@@ -169,5 +189,5 @@ def _drop_sparse(images, labels, names, min_masks):
                       f"{' ...' if len(dropped) > 10 else ''}", stacklevel=3)
     if not keep:
         raise ValueError(f"no training image has at least min_train_masks={min_masks} objects")
-    return ([images[k] for k in keep], [labels[k] for k in keep],
-            [names[k] for k in keep] if names else None, keep)
+    return _Kept([images[k] for k in keep], [labels[k] for k in keep],
+                 [names[k] for k in keep] if names else None, keep)

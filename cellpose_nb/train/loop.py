@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from cellpose_nb import model as model_io
@@ -27,7 +28,6 @@ from cellpose_nb.train.checkpoint import (
     _write_history,
 )
 from cellpose_nb.train.config import (
-    AP_IOU,
     CHECKPOINT_FILE,
     FLOW_CACHE_DIR,
     HISTORY_FILE,
@@ -45,6 +45,7 @@ from cellpose_nb.train.inputs import (
 from cellpose_nb.train.loss import learning_rate_schedule
 from cellpose_nb.train.precision import _torch_threads
 from cellpose_nb.train.steps import _epoch_rng, _Run, _validation_rng
+from cellpose_nb.train.thresholds import AP_IOU
 
 __all__ = ["train"]
 
@@ -60,29 +61,62 @@ def _validate(run, val):
             idx = order[start:start + config.batch_size]
             x, f, m = run.batch(idx, rng, **val)
             total += run.loss(x, f, m).item() * len(idx)
-    preds = [_masks_at_scale(model, x, scale=r) for x, r in zip(val["images"], val["rescale"])]
+    preds = [_masks_at_scale(x, model, scale=r) for x, r in zip(val["images"], val["rescale"])]
     ap = average_precision(val["labels"], preds, thresholds=[AP_IOU])[:, 0]
     model.train()
     return total / len(order), float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
 
 
-def train(model, train_images, train_labels, *, config=None, val_images=None,
-          val_labels=None, out_dir=None, resume=False, progress=True, train_names=None,
-          val_names=None, command=None) -> TrainResult:
-    """Train ``model`` (in place) the Cellpose way.
+def _network(model, config):
+    """``model`` itself, or a new network of that ModelConfig (None: the default one
+    with ``config.diam_mean``) whose weights are seeded by ``config.seed``, the
+    caller's torch RNG left as it was."""
+    if isinstance(model, nn.Module):
+        return model
+    if model is None:
+        model = model_io.ModelConfig(diam_mean=config.diam_mean or model_io.DIAM_MEAN)
+    if not isinstance(model, model_io.ModelConfig):
+        raise TypeError(f"model must be a CellposeUNet, a ModelConfig or None; "
+                        f"got {type(model).__name__}")
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(config.seed)
+        return model_io.CellposeUNet(model)
+
+
+def _split_val_data(val_data):
+    """``(images, labels)`` or ``(images, labels, names)`` -> the three (names may be None)."""
+    if val_data is None:
+        return None, None, None
+    if len(val_data) not in (2, 3):
+        raise ValueError(f"val_data must be (images, labels) or (images, labels, names); "
+                         f"got a sequence of {len(val_data)}")
+    images, labels, *names = val_data
+    return images, labels, names[0] if names else None
+
+
+def train(images, labels, model=None, *, config=None, val_data=None, names=None,
+          out_dir=None, resume=False, progress=True, command=None) -> TrainResult:
+    """Train a network the Cellpose way.
 
     Parameters
     ----------
-    model : CellposeUNet
-        Trained in place and moved to ``config.device``.
-    train_images : sequence of ndarray (2, H, W) of float32
-        Network inputs (see :func:`~cellpose_nb.train.prepare_images`); sizes may differ.
-    train_labels : sequence of ndarray (H, W) of int
+    images : sequence of ndarray (2, H, W) of float32
+        Training network inputs (see :func:`~cellpose_nb.train.prepare_images`);
+        sizes may differ.
+    labels : sequence of ndarray (H, W) of int
+    model : CellposeUNet or ModelConfig, optional
+        A network, trained in place and moved to ``config.device`` (fine-tuning,
+        or training in stages); or the architecture of a new one, whose weights
+        are seeded by ``config.seed``.  None: ``ModelConfig(diam_mean=config.diam_mean
+        or DIAM_MEAN)``.
     config : TrainConfig, optional
-    val_images, val_labels : sequences, optional
+    val_data : (images, labels) or (images, labels, names), optional
         Validation set: loss on fixed random crops and AP@0.5 on the whole
         images (zoomed by ``diam_mean / true median diameter``), every
-        ``config.val_every`` epochs and after the last.
+        ``config.val_every`` epochs and after the last.  The names are recorded
+        in the training record.
+    names : sequence of str, optional
+        Names of the training images, recorded in the training record.
     out_dir : path, optional
         Run folder: ``history.csv`` (rewritten every epoch), ``checkpoint.pt``
         (model, optimizer, epoch, history; every ``save_every`` epochs, on
@@ -96,8 +130,6 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
         from the partly updated weights).
     progress : bool
         tqdm bar over the epochs, with the last losses as postfix.
-    train_names, val_names : sequence of str, optional
-        Recorded in the training record.
     command : str or sequence of str, optional
         The command line, recorded in the training record.
 
@@ -122,14 +154,16 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
     >>> _ = torch.manual_seed(0)
     >>> net = CellposeUNet(ModelConfig(features=(4, 8), diam_mean=6.0))
     >>> cfg = TrainConfig(n_epochs=2, batch_size=2, crop_size=32, warmup_epochs=0)
-    >>> res = train(net, [x, x], [lab, lab], config=cfg, progress=False)
+    >>> res = train([x, x], [lab, lab], net, config=cfg, progress=False)
     >>> [sorted(h) for h in res.history][0]
     ['epoch', 'lr', 'seconds', 'train_loss', 'val_ap50', 'val_loss']
     """
     t_call = time.perf_counter()  # max_minutes counts from here (flows included)
     config = TrainConfig() if config is None else config
+    model = _network(model, config)
+    val_images, val_labels, val_names = _split_val_data(val_data)
     n_channels = model.config.n_channels
-    images, labels = _check_inputs(train_images, train_labels, n_channels, "training")
+    images, labels = _check_inputs(images, labels, n_channels, "training")
     if len(images) == 0:
         raise ValueError("no training images given")
     have_val = val_images is not None and len(val_images) > 0
@@ -143,8 +177,8 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
     digest = data_hash(images, labels)
     # a model that was trained before (fine-tuning, or training in stages): keep its
     # record inside the new one, so that the whole lineage travels with the weights
-    previous_record = getattr(model, "training_record", None)
-    names = list(train_names) if train_names is not None else None
+    previous_record = model.record.training
+    names = list(names) if names is not None else None
     images, labels, names, kept = _drop_sparse(images, labels, names, config.min_train_masks)
 
     out = None if out_dir is None else Path(out_dir)
@@ -164,7 +198,7 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
                              cache_dir=None if out is None else out / FLOW_CACHE_DIR)
         diams, rescale = _rescale_factors(labels, diam_mean, config.rescale)
         model.to(device)
-        model.diam_labels = float(diams.mean())
+        model.record = model.record.replace(diam_labels=float(diams.mean()))
         run = _Run(model, config, images, labels, flows, rescale, device)
         val = None
         if have_val:
@@ -210,15 +244,14 @@ def train(model, train_images, train_labels, *, config=None, val_images=None,
             "seed": config.seed, "train_names": names,
             "val_names": list(val_names) if val_names is not None else None,
             "n_train": len(images), "n_val": len(v_images) if have_val else 0,
-            "kept_train_indices": kept, "diam_labels": model.diam_labels,
+            "kept_train_indices": kept, "diam_labels": model.record.diam_labels,
             "epochs_done": state["epoch"], "completed": completed, "device": str(device),
             "precision": str(run.amp_dtype or torch.float32).removeprefix("torch."),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if previous_record:
             record["pretrained"] = previous_record
-        model.training_record = record
-        model_io.save(model, out / MODEL_DIR, training_record=record,
-                      thresholds=model.thresholds, overwrite=True)
+        model.record = model.record.replace(training=record)
+        model_io.save(model, out / MODEL_DIR, overwrite=True)
     return TrainResult(model, history, completed, out, None if out is None else out / MODEL_DIR)
 
 

@@ -60,10 +60,9 @@ def _ridge(styles, targets, l2_regularization, diam_mean):
     return SizeModel(coef, style_mean, float(target_mean), float(diam_mean))
 
 
-def fit_size_model(model, images, labels, *, n_passes=SIZE_PASSES, crop_size=SIZE_CROP,
+def fit_size_model(images, labels, model, *, n_passes=SIZE_PASSES, crop_size=SIZE_CROP,
                    scale_range=SIZE_SCALE_RANGE, l2_regularization=SIZE_L2,
-                   batch_size=SIZE_BATCH_SIZE,
-                   seed=0, progress=False) -> SizeModel:
+                   batch_size=SIZE_BATCH_SIZE, seed=0, progress=False) -> SizeModel:
     """Fit the size model of a trained network (Cellpose's ``train.train_size``).
 
     Each pass crops every image at a random zoom ``s`` (``scale_range``
@@ -73,9 +72,9 @@ def fit_size_model(model, images, labels, *, n_passes=SIZE_PASSES, crop_size=SIZ
 
     Parameters
     ----------
-    model : CellposeUNet
     images : sequence of ndarray (2, H, W) of float32
     labels : sequence of ndarray (H, W) of int
+    model : CellposeUNet
     n_passes : int
         Random crops per image (Cellpose: 10).
     crop_size : int
@@ -93,6 +92,8 @@ def fit_size_model(model, images, labels, *, n_passes=SIZE_PASSES, crop_size=SIZ
     Returns
     -------
     SizeModel
+        ``model`` is not changed: keep it with
+        ``model.record = model.record.replace(size_model=sm)``.
 
     Examples
     --------
@@ -101,7 +102,7 @@ def fit_size_model(model, images, labels, *, n_passes=SIZE_PASSES, crop_size=SIZ
     >>> x = np.stack([lab > 0, lab > 0]).astype(np.float32)
     >>> _ = torch.manual_seed(0)
     >>> net = CellposeUNet(ModelConfig(features=(4, 8), diam_mean=10.0))
-    >>> sm = fit_size_model(net, [x], [lab], n_passes=4, crop_size=32)
+    >>> sm = fit_size_model([x], [lab], net, n_passes=4, crop_size=32)
     >>> sm.coef.shape
     (8,)
     """

@@ -23,12 +23,12 @@ widget); without it, pixels are picked with the sliders (or ``pick_pixel``).
 
 The numerical kernels live in the numpy layer: :mod:`cellpose_nb.diffusion`
 (``simulate_diffusion``, ``heat_gradient``) and
-:mod:`cellpose_nb.threshold_cache` (``follow_with_min``, ``hole_pixels``);
+:mod:`cellpose_nb.threshold_cache` (``follow_with_min``);
 they are re-exported here.
 """
 
 from cellpose_nb.diffusion import heat_gradient, simulate_diffusion
-from cellpose_nb.threshold_cache import follow_with_min, hole_pixels
+from cellpose_nb.threshold_cache import follow_with_min
 from cellpose_nb.widgets._display import (
     JPEG_QUALITY,
     MIN_VIEW_PIXELS,
@@ -60,7 +60,6 @@ __all__ = [
     "play_diffusion",
     "simulate_diffusion",
     "heat_gradient",
-    "hole_pixels",
     "follow_with_min",
     # constants
     "VIEW_DPI",

@@ -21,13 +21,12 @@ from cellpose_nb.masks import (
     MIN_SIZE,
     N_ITER,
     cluster_endpoints,
-    fill_holes_and_remove_small_masks,
     flow_errors,
     follow_flows,
-    renumber,
+    postprocess_masks,
 )
 from cellpose_nb.metrics import matching
-from cellpose_nb.threshold_cache import _check_flows_prob, follow_with_min, hole_pixels
+from cellpose_nb.threshold_cache import _check_flows_prob, follow_with_min
 from cellpose_nb.widgets._display import (
     VIEW_FORMATS,
     _encode_rgb,
@@ -59,10 +58,6 @@ class _Clustering:
     """Everything about the masks at one cellprob threshold that no other knob changes."""
 
     labels: np.ndarray  # raw clustering, sequential 1..N
-    areas: np.ndarray  # (N + 1,) pixel counts
-    hole_owner: np.ndarray  # hole pixels: enclosing mask...
-    hole_index: np.ndarray  # ...and flat index
-    nested: np.ndarray  # (K, 2) pairs (outer, inner): inner mask lies in a hole of outer
     errors: np.ndarray | None = None  # (N,) flow errors, computed on first need
 
 
@@ -106,10 +101,11 @@ class ThresholdExplorer:
        weighed a pixel with cellprob <= t are followed again with the flows
        masked at ``t`` (the others would not change); the end points of the
        pixels above ``t`` are clustered
-       (:func:`cellpose_nb.masks.cluster_endpoints`), and each mask's area,
-       holes and (when first needed) flow error are stored;
-    3. flow_threshold and min_size then only select masks from these tables,
-       fill the kept masks' holes and renumber.
+       (:func:`cellpose_nb.masks.cluster_endpoints`), and each mask's flow
+       error is stored when first needed;
+    3. flow_threshold and min_size then run the one post-processing step of
+       the library, :func:`cellpose_nb.masks.postprocess_masks`, with those
+       cached errors.
 
     The result equals :func:`cellpose_nb.masks.compute_masks` exactly, at
     every threshold (``tests/test_widgets.py`` checks this).  Without step 2's
@@ -202,11 +198,7 @@ class ThresholdExplorer:
             return self._clusterings[key]
         starts, ends = self._ends_at(key)
         raw = cluster_endpoints(ends, starts, self.shape, max_size_fraction=self.max_size_fraction)
-        areas = np.bincount(raw.ravel(), minlength=int(raw.max()) + 1)
-        owner, index = hole_pixels(raw)
-        inner = raw.ravel()[index]
-        pairs = np.unique(np.stack([owner[inner > 0], inner[inner > 0]], axis=1), axis=0)
-        cl = _Clustering(raw, areas, owner, index, pairs.reshape(-1, 2))
+        cl = _Clustering(raw)
         self._clusterings[key] = cl
         if len(self._clusterings) > CLUSTER_CACHE_SIZE:
             self._clusterings.popitem(last=False)
@@ -254,29 +246,12 @@ class ThresholdExplorer:
         return labels
 
     def _select(self, cl, flow_threshold, min_size):
-        """The masks of one clustering that pass ``flow_threshold`` and ``min_size``,
-        holes filled, renumbered: the last steps of :func:`cellpose_nb.masks.compute_masks`."""
-        raw = cl.labels
-        n = int(raw.max())
-        keep = np.ones(n + 1, bool)
-        keep[0] = False
-        if n == 0:
-            return raw.copy()
-        if flow_threshold:
-            keep[1:] &= ~(self._errors(cl, self.flows) > flow_threshold)
-        after_flow = keep.copy()
-        if min_size > 0:
-            keep &= cl.areas >= min_size
-        if len(cl.nested) and (keep[cl.nested[:, 0]] & keep[cl.nested[:, 1]]).any():
-            # a kept mask inside a kept mask's hole: filling overwrites it; let the
-            # library handle that rare case exactly
-            return fill_holes_and_remove_small_masks(np.where(after_flow[raw], raw, 0),
-                                                     min_size=min_size)
-        out = np.where(keep[raw], raw, 0).astype(np.int32)
-        fill = keep[cl.hole_owner]
-        out.ravel()[cl.hole_index[fill]] = cl.hole_owner[fill]
-        # filled masks only grow, so the second min_size pass of Cellpose removes nothing
-        return renumber(out)
+        """The masks of one clustering after :func:`cellpose_nb.masks.postprocess_masks`,
+        the step that :func:`~cellpose_nb.masks.compute_masks` ends with; the flow errors
+        are cached per clustering, so a flow-threshold move does not recompute them."""
+        errors = self._errors(cl, self.flows) if flow_threshold and cl.labels.max() > 0 else None
+        return postprocess_masks(cl.labels, self.flows, flow_threshold=flow_threshold,
+                                 min_size=min_size, errors=errors)
 
     def precompute(self, values=None):
         """Fill the caches for these cellprob values (default: every slider step)."""
