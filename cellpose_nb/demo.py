@@ -56,8 +56,7 @@ def run_demo(out_dir, *, seed=0, size=256, n_cells=30, overwrite=False):
 
     out_dir = Path(out_dir)
     figure, labels_path = out_dir / "demo.png", out_dir / "demo_labels.tif"
-    model_figure = out_dir / "demo_model.png"
-    _check_free([figure, labels_path, model_figure], overwrite)
+    _check_free([figure, labels_path] + [out_dir / d[2] for d in SHIPPED_DEMOS], overwrite)
     sample = make_synthetic((size, size), n_cells=n_cells, diameter=30.0, kind="cyto", seed=seed)
     flows = masks_to_flows(sample.labels)
     cellprob = np.where(sample.labels > 0, 5.0, -5.0).astype(np.float32)
@@ -66,9 +65,8 @@ def run_demo(out_dir, *, seed=0, size=256, n_cells=30, overwrite=False):
     out_dir.mkdir(parents=True, exist_ok=True)
     write_labels(labels_path, pred, overwrite=overwrite)
     _save_figure(figure, sample.image, flows, pred)
-    paths, lines = [figure, labels_path], []
-    if _segment_sample(model_figure, lines):
-        paths.append(model_figure)
+    lines = []
+    paths = [figure, labels_path] + _segment_samples(out_dir, lines)
     return DemoResult(
         n_true=int(sample.labels.max()),
         n_pred=int(pred.max()),
@@ -79,34 +77,46 @@ def run_demo(out_dir, *, seed=0, size=256, n_cells=30, overwrite=False):
     )
 
 
-def _segment_sample(path, lines):
-    """Segment the bundled fluorescence sample with the shipped nuclei model, if present."""
+#: (bundled sample, shipped model, figure name, what the model finds, caveat) shown by the demo
+SHIPPED_DEMOS = (
+    ("fluorescence", "nuclei", "demo_model.png", "nuclei", "DSB2018, CC0",
+     "this image is in the model's training set: a sanity check, not a score"),
+    ("whole_cells", "cyto_cil", "demo_whole_cells.png", "cells", "CIL MP6843, CC BY 3.0",
+     "this field is in the model's validation split, never trained on"),
+)
+
+
+def _segment_samples(out_dir, lines):
+    """Segment the bundled samples with the shipped models; returns the figures written."""
     try:
         from cellpose_nb.model import load_pretrained
         from cellpose_nb.predict import segment
     except ImportError as exc:  # torch layer missing
-        lines.append(f"(shipped model skipped: {exc})")
-        return False
+        lines.append(f"(shipped models skipped: {exc})")
+        return []
     from cellpose_nb.data import load_sample
     from cellpose_nb.metrics import average_precision
 
-    try:
-        model = load_pretrained("nuclei")
-    except FileNotFoundError as exc:
-        lines.append(f"(shipped model skipped: {exc})")
-        return False
-    sample = load_sample("fluorescence")
-    res = segment(sample.image, model)
-    ap = average_precision([sample.labels], [res.labels], thresholds=THRESHOLDS)[0]
-    lines.append(f"shipped nuclei model on the bundled sample {sample.name} "
-                 f"(diameter {res.diameter:.1f} px): {int(res.labels.max())} nuclei, "
-                 f"{int(sample.labels.max())} annotated")
-    lines += [f"  AP@{th:.2f} = {a:.3f}" for th, a in zip(THRESHOLDS, ap)]
-    lines.append("  (this image is in the model's training set: a sanity check, not a score)")
-    _save_figure(path, sample.image, res.flows, res.labels,
-                 titles=("bundled sample (DSB2018, CC0)", "predicted flows",
-                         f"shipped nuclei model: {res.labels.max()} nuclei"))
-    return True
+    written = []
+    for sample_name, model_name, figure, objects, source, caveat in SHIPPED_DEMOS:
+        try:
+            model = load_pretrained(model_name)
+        except FileNotFoundError as exc:
+            lines.append(f"(shipped model {model_name!r} skipped: {exc})")
+            continue
+        sample = load_sample(sample_name)
+        res = segment(sample.image, model)
+        ap = average_precision([sample.labels], [res.labels], thresholds=THRESHOLDS)[0]
+        lines.append(f"shipped {model_name} model on the bundled sample {sample.name} "
+                     f"(diameter {res.diameter:.1f} px): {int(res.labels.max())} {objects}, "
+                     f"{int(sample.labels.max())} annotated")
+        lines += [f"  AP@{th:.2f} = {a:.3f}" for th, a in zip(THRESHOLDS, ap)]
+        lines.append(f"  ({caveat})")
+        _save_figure(out_dir / figure, sample.image, res.flows, res.labels,
+                     titles=(f"bundled sample ({source})", "predicted flows",
+                             f"shipped {model_name} model: {res.labels.max()} {objects}"))
+        written.append(out_dir / figure)
+    return written
 
 
 def _save_figure(path, image, flows, labels, *, titles=None):
