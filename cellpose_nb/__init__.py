@@ -8,6 +8,6 @@ needs ipywidgets.  Import the modules you need, e.g.::
     from cellpose_nb import flows, masks, metrics
 """
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]

@@ -70,7 +70,8 @@ def outline_mask(labels):
 
     The same as ``skimage.segmentation.find_boundaries(mode="inner")`` of the
     labels padded by one background pixel: object pixels with a 4-neighbour
-    of another label (or outside the image).  Plain NumPy shifts, ~10x faster.
+    of another label (or outside the image).  Plain NumPy shifts, so that
+    the explorers can redraw outlines on every slider move.
 
     Examples
     --------
