@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from cellpose_nb.data.safe_npy import UnsafePickleError, load_npy
 from cellpose_nb.labels import check_labels
 
 __all__ = ["Sample", "read_image", "read_labels", "write_labels"]
@@ -105,9 +106,10 @@ def read_labels(path: str | os.PathLike, *, allow_pickle: bool = True) -> np.nda
         A .tif, .tiff or .png label image, or a .npy file holding either an
         integer array or the Cellpose GUI's dict with key ``"masks"``.
     allow_pickle : bool
-        ``_seg.npy`` files are pickled dicts: loading one **executes pickle**
-        and can run arbitrary code. Only read them from trusted sources; set
-        False to refuse pickled files.
+        ``_seg.npy`` files are pickled dicts.  They are unpickled with an
+        allow-list (numpy arrays, dtypes, scalars, builtin containers: see
+        :func:`cellpose_nb.data.safe_npy.load_npy`), so a crafted file is
+        refused instead of running code; False refuses pickled files altogether.
 
     Returns
     -------
@@ -120,7 +122,8 @@ def read_labels(path: str | os.PathLike, *, allow_pickle: bool = True) -> np.nda
         The file does not exist.
     ValueError
         Unreadable file, not integer, not 2-D, negative values, or no
-        ``"masks"`` key.
+        ``"masks"`` key; :class:`~cellpose_nb.data.safe_npy.UnsafePickleError`
+        (a ValueError) for a pickle that asks for anything else.
 
     Examples
     --------
@@ -133,7 +136,9 @@ def read_labels(path: str | os.PathLike, *, allow_pickle: bool = True) -> np.nda
     path = _check_file(path)
     if path.suffix.lower() == ".npy":
         try:
-            loaded = np.load(path, allow_pickle=allow_pickle)
+            loaded = load_npy(path, allow_pickle=allow_pickle)
+        except UnsafePickleError:
+            raise
         except Exception as exc:
             raise ValueError(f"cannot read {path}: {exc}") from exc
         if loaded.dtype == object and loaded.shape == ():
