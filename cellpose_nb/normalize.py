@@ -39,6 +39,12 @@ def _check_finite(image):
     return arr
 
 
+#: a 3-D image whose channel axis is not given has its channels last only if there are
+#: at most this many (gray, 2-channel, RGB, RGBA); anything longer looks like a
+#: channels-first image or a z-stack, and guessing would give masks of the wrong shape
+MAX_GUESSED_CHANNELS = 4
+
+
 def move_channels_last(image, *, channel_axis=None):
     """Return ``image`` as (H, W, C), C >= 1.
 
@@ -46,7 +52,9 @@ def move_channels_last(image, *, channel_axis=None):
     ----------
     image : ndarray (H, W) or 3-D with a channel axis
     channel_axis : int, optional
-        Axis holding the channels of a 3-D image.  Default: the last axis.
+        Axis holding the channels of a 3-D image.  Default: the last axis,
+        if it has at most ``MAX_GUESSED_CHANNELS`` entries; a longer last axis
+        raises (pass ``channel_axis`` to say where the channels are).
 
     Examples
     --------
@@ -60,6 +68,12 @@ def move_channels_last(image, *, channel_axis=None):
         return arr[..., None]
     if arr.ndim != 3:
         raise ValueError(f"image must be (H, W) or (H, W, C) with channel_axis; got shape {arr.shape}")
+    if channel_axis is None and arr.shape[-1] > MAX_GUESSED_CHANNELS:
+        raise ValueError(
+            f"image of shape {arr.shape}: its last axis is too long for channels; if the "
+            f"channels are on another axis pass channel_axis (--channel-axis), e.g. 0 for a "
+            f"channels-first image; a z-stack is a volume, not a 2-D image"
+        )
     axis = -1 if channel_axis is None else channel_axis
     if not -3 <= axis < 3:
         raise ValueError(f"channel_axis={channel_axis} is out of range for shape {arr.shape}")

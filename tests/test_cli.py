@@ -195,3 +195,47 @@ def test_train_defaults_are_train_configs():
     for option, field in options.items():
         assert got[option] == fields[field].default, option
     assert tuple(got["features"]) == tuple(ModelConfig().features)
+
+
+def _write_images(folder, shapes):
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, shape in shapes.items():
+        img = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+        if name.endswith(".png"):
+            import imageio.v3 as iio
+
+            iio.imwrite(folder / name, img)
+        else:
+            tifffile.imwrite(folder / name, img)
+
+
+@pytest.mark.parametrize("names", [("a.tif", "a.png"), ("b.tif", "b_img.tif")])
+def test_segment_refuses_name_collisions_before_any_work(tmp_path, capsys, names):
+    _write_images(tmp_path / "in", {n: (32, 32) for n in names})
+    out = tmp_path / "out"
+    for extra in ([], ["--overwrite"]):
+        assert main(["segment", str(tmp_path / "in"), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert names[0] in err and names[1] in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_segment_refuses_to_write_into_the_input_folder(tmp_path, capsys):
+    _write_images(tmp_path, {"c_img.tif": (32, 32)})
+    assert main(["segment", str(tmp_path), "--out", str(tmp_path), "--formats", "masks"]) == 2
+    assert "is the folder of the input images" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c_img.tif"]
+
+
+def test_channels_first_and_z_stacks_are_refused_or_read_with_channel_axis(tmp_path, capsys):
+    _write_images(tmp_path / "in", {"cf.tif": (2, 40, 48), "zs.tif": (5, 40, 48)})
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "in"), "--out", str(out), "--channels", "0", "none",
+                 "--diameter", "12", "--formats", "masks"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("--channel-axis") == 2 and not list(out.glob("*_masks.tif"))
+    assert main(["segment", str(tmp_path / "in" / "cf.tif"), "--out", str(out), "--channels", "0",
+                 "1", "--channel-axis", "0", "--diameter", "12", "--formats", "masks"]) == 0
+    assert read_labels(out / "cf_masks.tif").shape == (40, 48)

@@ -32,6 +32,9 @@ def add_parser(sub):
     seg.add_argument("--diameter", type=float, default=None,
                      help="cell diameter in pixels (default: estimated, else the model's)")
     add_channel_options(seg, default_help="as the model was trained")
+    seg.add_argument("--channel-axis", type=int, default=None,
+                     help="axis of the channels in the files (default: last, when it has at most "
+                          "4 entries; e.g. 0 for channels-first TIFFs)")
     seg.add_argument("--cellprob-threshold", type=float, default=c("cellprob_threshold"),
                      help="default: the model's tuned one, else masks.CELLPROB_THRESHOLD")
     seg.add_argument("--flow-threshold", type=float, default=c("flow_threshold"),
@@ -83,6 +86,35 @@ def name_of(path):
     return stem[: -len("_img")] if stem.endswith("_img") else stem
 
 
+def check_outputs_are_distinct(files, out):
+    """Refuse, before any work, inputs whose outputs would collide or be confused with annotations.
+
+    Two inputs with one output name (``a.tif`` and ``a.png``, ``b.tif`` and
+    ``b_img.tif``) would write the same files; an output folder that is an input
+    folder would take its ``<name>_masks.tif`` annotations for finished outputs.
+
+    Examples
+    --------
+    >>> check_outputs_are_distinct([Path("d/a.tif"), Path("e/a_img.png")], Path("out"))
+    Traceback (most recent call last):
+    ...
+    ValueError: d/a.tif and e/a_img.png would both write out/a_*: rename one, or segment them into different --out folders
+    """
+    seen = {}
+    for f in files:
+        name = name_of(f)
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {f} would both write {Path(out) / name}_*: rename one, "
+                             "or segment them into different --out folders")
+        seen[name] = f
+    out = Path(out).resolve()
+    for folder in sorted({Path(f).resolve().parent for f in files}):
+        if folder == out:
+            raise ValueError(f"--out {out} is the folder of the input images: its annotations "
+                             "(<name>_masks.tif) would be taken for outputs or overwritten; "
+                             "choose another --out")
+
+
 def run(args):
     from tqdm import tqdm
 
@@ -91,6 +123,7 @@ def run(args):
 
     config = config_from_args(args)  # bad options fail before the model is loaded
     files = collect_images(args.inputs)
+    check_outputs_are_distinct(files, args.out)
     model = load_model(args.model, args.device)
     channels = None if args.channels is None else parse_channels(args.channels)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +139,10 @@ def run(args):
         try:
             image = read_image(f)
             res = segment(image, model, diameter=args.diameter, channels=channels,
+                          channel_axis=args.channel_axis,
                           invert=parse_invert(args.invert), config=config)
-            paths = export_all(args.out, name_of(f), image, res, overwrite=args.overwrite,
+            paths = export_all(args.out, name_of(f), image, res, channel_axis=args.channel_axis,
+                               overwrite=args.overwrite,
                                formats=tuple(args.formats))
             tqdm.write(f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files")
         except KeyboardInterrupt:
