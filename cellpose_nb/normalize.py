@@ -275,7 +275,8 @@ def to_network_input(image, *, channels=(0, None), channel_axis=None, normalize=
         elif isinstance(c, (int, np.integer)) and -n <= c < n:
             x = chan[..., c]
         else:
-            raise ValueError(f"channel index {c!r} is out of range for an image with {n} channels")
+            raise ValueError(f"channel index {c!r} is out of range for an image of shape {arr.shape} "
+                             f"with {n} channels (valid: 0 to {n - 1})")
         if normalize:
             out[k] = _normalize_channel(x, LOW_PERCENTILE, HIGH_PERCENTILE, sparse_aware=sparse_aware)
         else:

@@ -431,3 +431,19 @@ def test_an_unknown_knob_lists_the_valid_ones(net):
         P.segment_many([_smooth((32, 32))], net, diameter=DIAM, augmnet=True, progress=False)
     with pytest.raises(TypeError, match="SegmentConfig"):
         P.segment(_smooth((32, 32)), net, diameter=DIAM, config={"augment": True})
+
+
+def test_a_one_channel_image_for_a_two_channel_model_gets_zeros_and_a_note():
+    from cellpose_nb.model import CellposeUNet, ModelConfig
+
+    torch.manual_seed(0)
+    net = CellposeUNet(ModelConfig(features=(8, 16), diam_mean=10.0)).eval()
+    net.record = net.record.replace(input_recipe={"channels": [0, 1], "invert": False})
+    gray = np.random.default_rng(0).random((40, 48)).astype(np.float32)
+    res = P.segment(gray, net, diameter=10.0)
+    assert len(res.notes) == 1 and "nuclear channel" in res.notes[0] and "zeros" in res.notes[0]
+    with_zeros = P.segment(np.stack([gray, np.zeros_like(gray)], -1), net, diameter=10.0)
+    np.testing.assert_array_equal(res.flows, with_zeros.flows)
+    assert with_zeros.notes == ()
+    with pytest.raises(ValueError, match=r"shape \(40, 48, 2\).*valid: 0 to 1"):
+        P.segment(np.stack([gray, gray], -1), net, diameter=10.0, channels=(0, 3))

@@ -144,7 +144,8 @@ def run(args):
             paths = export_all(args.out, name_of(f), image, res, channel_axis=args.channel_axis,
                                overwrite=args.overwrite,
                                formats=tuple(args.formats))
-            tqdm.write(f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files")
+            tqdm.write(f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files"
+                       + "".join(f" (note: {n})" for n in res.notes))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # report, skip, keep going

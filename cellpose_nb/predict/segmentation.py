@@ -43,6 +43,10 @@ class Segmentation(NamedTuple):
         Style vector, summed over tiles and L2-normalised.
     diameter : float
         The cell diameter (px) used to rescale the image.
+    notes : tuple of str
+        What the input lacked and how it was handled, e.g. a one-channel image
+        given to a model that also reads a nuclear channel (that channel is
+        then zeros, as in Cellpose).
     """
 
     labels: np.ndarray
@@ -50,6 +54,17 @@ class Segmentation(NamedTuple):
     cellprob: np.ndarray
     style: np.ndarray
     diameter: float
+    notes: tuple = ()
+
+
+def _input_notes(image, channels, channel_axis):
+    """Notes on what the network input had to make up for (see ``Segmentation.notes``)."""
+    arr = np.asarray(image)
+    one_channel = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1 if channel_axis is None else channel_axis] == 1)
+    if one_channel and channels[1] is not None:
+        return (f"the image has one channel; the model also reads a nuclear channel "
+                f"(channels={tuple(channels)}), which is zeros here, as in Cellpose",)
+    return ()
 
 
 def _resolve_diameter(model, x, diameter):
@@ -205,7 +220,8 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None, in
     n_iter = n_iter_for(scale) if cfg.n_iter is None else cfg.n_iter
     labels = compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter, min_size=cfg.min_size)
     return Segmentation(labels=labels, flows=pred.flows, cellprob=pred.cellprob,
-                        style=pred.style, diameter=diameter)
+                        style=pred.style, diameter=diameter,
+                        notes=_input_notes(image, channels, channel_axis))
 
 
 def segment_many(images, model, *, progress=True, diameter=None, channels=None,
