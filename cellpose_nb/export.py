@@ -35,6 +35,7 @@ OUTLINE_COLOR = (255, 0, 0)  # RGB of the outlines drawn by write_outlines_png
 CONTOUR_LEVEL = 0.5  # iso-level of find_contours on a 0/1 object mask
 IMAGEJ_PIXEL_CENTRE = 0.5  # ImageJ's pixel (x, y) spans [x, x+1): its centre is at x + 0.5
 SEG_UINT16_LIMIT = 2 ** 16 - 1  # _seg.npy masks are uint16 below this (cellpose.io's rule)
+GUI_DIAMETER = 30.0  # the Cellpose GUI's diameter when none is known
 SUFFIXES = {  # format -> file name suffix used by export_all
     "masks": "_masks.tif",
     "outlines": "_outlines.png",
@@ -361,7 +362,7 @@ def write_seg_npy(path, image, labels, flows=None, *, cellprob=None, diameter=No
         "ismanual": np.zeros(int(labels.max(initial=0)), bool),
         "filename": filename,
         "flows": flow_list,
-        "diameter": 30.0 if diameter is None else float(diameter),
+        "diameter": GUI_DIAMETER if diameter is None else float(diameter),
     }
 
     def write(tmp):

@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 import torch
 
-from cellpose_nb.predict import DEFAULT_CHANNELS, TILE_SIZE
+from cellpose_nb.augment import CROP_SIZE, SCALE_RANGE
+from cellpose_nb.predict import DEFAULT_CHANNELS
 from cellpose_nb.train.inputs import VAL_FRACTION
 from cellpose_nb.train.size_model import SIZE_CROP, SIZE_L2_GRID, SIZE_PASSES
 from cellpose_nb.train.thresholds import CELLPROB_GRID, FLOW_GRID
@@ -58,8 +59,8 @@ class TrainConfig:
     n_halvings: int = 10  # halvings of the learning rate during the decay (Cellpose: 10)
     diam_mean: float | None = None  # mean diameter images are zoomed to; None: the model's
     rescale: bool = True  # zoom each image by diam_mean / its median object diameter
-    scale_range: float = 0.5  # random zoom in [1 - r/2, 1 + r/2] (Cellpose: 0.5)
-    crop_size: int = TILE_SIZE  # side of the square training crops (Cellpose's bsize)
+    scale_range: float = SCALE_RANGE  # random zoom in [1 - r/2, 1 + r/2] (Cellpose: 0.5)
+    crop_size: int = CROP_SIZE[0]  # side of the square training crops (Cellpose's bsize)
     n_images_per_epoch: int | None = None  # crops per epoch; None: every image once
     min_train_masks: int = 5  # drop training images with fewer objects (Cellpose: 5)
     seed: int = 0  # seeds data order, augmentations, new weights, the split and the size crops
