@@ -94,6 +94,31 @@ def _split_val_data(val_data):
     return images, labels, names[0] if names else None
 
 
+def _run_folder(out_dir, resume):
+    """``(out, checkpoint)`` paths of a run (None without ``out_dir``), checked against ``resume``."""
+    out = None if out_dir is None else Path(out_dir)
+    checkpoint = None if out is None else out / CHECKPOINT_FILE
+    if resume and (checkpoint is None or not checkpoint.is_file()):
+        raise FileNotFoundError(f"resume=True but there is no checkpoint {checkpoint}")
+    if not resume and checkpoint is not None and checkpoint.exists():
+        raise FileExistsError(f"{checkpoint} exists: pass resume=True to continue that run, "
+                              f"or choose another out_dir")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    return out, checkpoint
+
+
+def _resume(run, checkpoint, config, digest, device):
+    """Load weights, optimizer (and loss scaler) state from ``checkpoint``; ``(history, epoch)``."""
+    saved = torch.load(checkpoint, map_location=device, weights_only=True)
+    _check_resumable(saved, config, digest)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    if run.scaler is not None and saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    return list(saved["history"]), int(saved["epoch"])
+
+
 def train(images, labels, model=None, *, config=None, val_data=None, names=None,
           out_dir=None, resume=False, progress=True, command=None) -> TrainResult:
     """Train a network the Cellpose way.
@@ -181,15 +206,7 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
     names = list(names) if names is not None else None
     images, labels, names, kept = _drop_sparse(images, labels, names, config.min_train_masks)
 
-    out = None if out_dir is None else Path(out_dir)
-    checkpoint = None if out is None else out / CHECKPOINT_FILE
-    if resume and (checkpoint is None or not checkpoint.is_file()):
-        raise FileNotFoundError(f"resume=True but there is no checkpoint {checkpoint}")
-    if not resume and checkpoint is not None and checkpoint.exists():
-        raise FileExistsError(f"{checkpoint} exists: pass resume=True to continue that run, "
-                              f"or choose another out_dir")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    out, checkpoint = _run_folder(out_dir, resume)
 
     device = model_io.resolve_device(config.device)
     # on the CPU, reuse the heap for the activations of each step (cellpose_nb._alloc)
@@ -208,13 +225,7 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
                    "rescale": _rescale_factors(v_labels, diam_mean, config.rescale)[1]}
         history, start = [], 0
         if resume:
-            saved = torch.load(checkpoint, map_location=device, weights_only=True)
-            _check_resumable(saved, config, digest)
-            model.load_state_dict(saved["model"])
-            run.optimizer.load_state_dict(saved["optimizer"])
-            if run.scaler is not None and saved.get("scaler"):
-                run.scaler.load_state_dict(saved["scaler"])
-            history, start = list(saved["history"]), int(saved["epoch"])
+            history, start = _resume(run, checkpoint, config, digest, device)
 
         state = {"epoch": start}
 
