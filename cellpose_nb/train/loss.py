@@ -8,7 +8,7 @@ warm-up, constant, then halvings over the last epochs.
 from __future__ import annotations
 
 import numpy as np
-import torch
+import torch  # noqa: F401  (the doctests use it)
 import torch.nn.functional as F
 
 from cellpose_nb.flows import FLOW_SCALE
