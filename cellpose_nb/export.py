@@ -54,6 +54,13 @@ def _refuse_existing(paths, overwrite):
                               "pass overwrite=True to replace")
 
 
+def _umasked_mode() -> int:
+    """0666 minus the process umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_atomically(path, write: Callable[[Path], None], *, overwrite: bool) -> Path:
     """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``."""
     path = Path(path)
@@ -63,6 +70,7 @@ def _write_atomically(path, write: Callable[[Path], None], *, overwrite: bool) -
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _umasked_mode())  # mkstemp makes 0600; results should read like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -23,7 +23,8 @@ __all__ = ["main", "build_parser", "parse_channels", "parse_invert"]
 
 SUBCOMMANDS = (demo, segment, train, evaluate)
 #: exceptions that are the user's to fix: printed as one line, exit code 2
-USER_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, TypeError)
+USER_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, ValueError, TypeError)
 
 
 def build_parser():

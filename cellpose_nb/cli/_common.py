@@ -71,6 +71,9 @@ def load_model(spec, device):
 
     if spec.startswith("cellpose:"):
         return M.load_cellpose_weights(spec.split(":", 1)[1], device=device)
+    if Path(spec).is_file():
+        raise ValueError(f"--model {spec} is a file; give a model folder (with config.json and "
+                         f"weights.safetensors), a shipped model's name, or cellpose:NAME")
     if Path(spec).exists():
         return M.load(spec, device=device)
     return M.load_pretrained(spec, device=device)

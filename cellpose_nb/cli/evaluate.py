@@ -44,6 +44,8 @@ def run(args):
     truth, preds = _masks_by_name(args.true_folder), _masks_by_name(args.pred_folder)
     if not truth:
         raise FileNotFoundError(f"no <name>_masks files in {args.true_folder}")
+    if args.csv is not None and args.csv.is_dir():
+        raise IsADirectoryError(f"--csv {args.csv} is a folder; give a file name such as {args.csv / 'ap.csv'}")
     if args.csv is not None and args.csv.exists() and not args.overwrite:
         raise FileExistsError(f"{args.csv} exists; pass --overwrite to replace it")
     th = args.thresholds

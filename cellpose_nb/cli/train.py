@@ -78,6 +78,8 @@ def run(args):
     from cellpose_nb.predict import input_knobs
 
     model = load_model(args.pretrained, args.device) if args.pretrained else None
+    if args.diam_mean is not None and not args.diam_mean > 0:
+        raise ValueError(f"--diam-mean must be > 0 pixels; got {args.diam_mean}")
     diam_mean = args.diam_mean or (model.config.diam_mean if model is not None else DIAM_MEAN)
     config = config_from_args(args, diam_mean)
     model_config = ModelConfig(features=tuple(args.features), diam_mean=diam_mean)

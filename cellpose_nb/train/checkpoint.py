@@ -23,8 +23,14 @@ _RUNTIME_FIELDS = frozenset({"device", "num_threads", "max_minutes", "save_every
 
 def _atomic_torch_save(obj, path):
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:  # a full disk, an interrupt: keep the last good checkpoint only
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OSError(f"cannot write the checkpoint {path}: {exc}") from exc
+        raise
 
 
 def _write_history(path, history):

@@ -89,8 +89,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}; got {self.optimizer!r}")
-        if not self.learning_rate >= 0:
-            raise ValueError(f"learning_rate must be >= 0; got {self.learning_rate!r}")
+        if not 0 <= self.learning_rate < float("inf"):
+            raise ValueError(f"learning_rate must be finite and >= 0; got {self.learning_rate!r}")
+        if self.num_threads is not None and not (int(self.num_threads) == self.num_threads >= 1):
+            raise ValueError(f"num_threads must be None or a positive integer; got {self.num_threads!r}")
         if self.warmup_epochs < 0 or self.n_halvings < 0:
             raise ValueError("warmup_epochs and n_halvings must be >= 0")
         if self.decay_epochs is not None and self.decay_epochs < 0:

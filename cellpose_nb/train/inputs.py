@@ -79,8 +79,16 @@ def cached_flows(labels_list, *, cache_dir=None, progress=False) -> list[np.ndar
     for labels in tqdm(labels_list, desc="flows", disable=not progress, leave=False):
         path = None if folder is None else folder / f"{_labels_key(labels)}.npy"
         if path is not None and path.is_file():
-            out.append(np.load(path))
-            continue
+            try:
+                cached = np.load(path)
+            except (OSError, ValueError) as exc:  # truncated or corrupt: recompute it
+                warnings.warn(f"cached flows {path} are unreadable ({exc}); recomputing them")
+            else:
+                if cached.shape == (2, *np.shape(labels)):
+                    out.append(cached)
+                    continue
+                warnings.warn(f"cached flows {path} have shape {cached.shape}, not "
+                              f"{(2, *np.shape(labels))}; recomputing them")
         flows = masks_to_flows(labels)
         if path is not None:
             tmp = path.with_name(path.stem + ".tmp.npy")
