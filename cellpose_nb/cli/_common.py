@@ -65,6 +65,21 @@ def default_of(func, name):
     return inspect.signature(func).parameters[name].default
 
 
+def field_default(config_class, name):
+    """The default of field ``name`` of a config dataclass (so the CLI never restates it).
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     k: int = 3
+    >>> field_default(C, "k")
+    3
+    """
+    return config_class.__dataclass_fields__[name].default
+
+
 def load_model(spec, device):
     """``nuclei`` (shipped), a model folder, or ``cellpose:NAME`` -> a model."""
     from cellpose_nb import model as M

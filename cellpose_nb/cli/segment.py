@@ -7,10 +7,11 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
-from cellpose_nb.cli._common import add_channel_options, load_model, parse_channels, parse_invert
+from cellpose_nb.cli._common import add_channel_options, field_default, load_model, parse_channels, parse_invert
 from cellpose_nb.predict import PRECISIONS, SegmentConfig, segment
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -18,12 +19,8 @@ MASK_MARKERS = ("_masks", "_cp_masks", "_seg", "_outlines", "_flows")
 FORMATS = ("masks", "outlines", "csv", "rois", "seg")
 
 
-def _config_default(name):
-    return SegmentConfig.__dataclass_fields__[name].default
-
-
 def add_parser(sub):
-    c = _config_default
+    c = functools.partial(field_default, SegmentConfig)
     seg = sub.add_parser("segment", help="segment images or folders with a model")
     seg.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     seg.add_argument("--out", type=Path, required=True, help="output folder")

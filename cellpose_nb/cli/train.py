@@ -7,11 +7,12 @@ so the command line and the Python API cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
 
-from cellpose_nb.cli._common import add_channel_options, load_model, parse_channels, parse_invert
+from cellpose_nb.cli._common import add_channel_options, field_default, load_model, parse_channels, parse_invert
 from cellpose_nb.model import DIAM_MEAN, ModelConfig
 from cellpose_nb.train import InputRecipe, TrainConfig, train_folder
 
@@ -19,12 +20,8 @@ from cellpose_nb.train import InputRecipe, TrainConfig, train_folder
 EXIT_BUDGET = 3
 
 
-def _config_default(name):
-    return TrainConfig.__dataclass_fields__[name].default
-
-
 def add_parser(sub):
-    c = _config_default
+    c = functools.partial(field_default, TrainConfig)
     tr = sub.add_parser("train", help="train a model on a Cellpose-style folder")
     tr.add_argument("folder", type=Path, help="folder of <name>_img.tif + <name>_masks.tif")
     tr.add_argument("--out", type=Path, required=True, help="run folder (model, history, checkpoints)")

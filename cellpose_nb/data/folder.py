@@ -61,7 +61,8 @@ def list_folder(
     require_masks : bool
         Raise when an image has no label partner (else its partner is None).
     allow_pickle : bool
-        Consider ``_seg.npy`` partners (pickled; trusted sources only).
+        Consider ``_seg.npy`` partners (pickled; read through an allow-list, see
+        :func:`~cellpose_nb.data.safe_npy.load_npy`).
 
     Returns
     -------
@@ -140,7 +141,7 @@ def iter_folder(
     The folder is listed (and every error of :func:`list_folder` raised)
     when this is called; the files are read as the iterator advances.
     Parameters are those of :func:`list_folder`; ``allow_pickle`` also
-    governs :func:`read_labels` (``_seg.npy`` executes pickle).
+    governs :func:`read_labels` (``_seg.npy`` files are pickled).
 
     Returns
     -------

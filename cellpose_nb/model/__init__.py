@@ -56,9 +56,10 @@ from .network import (
     count_parameters,
     feature_map_shapes,
 )
-from .record import ModelRecord
+from .record import ModelRecord, record_field
 
 __all__ = [
+    "record_field",
     # network
     "ModelConfig",
     "ConvBlock",

@@ -61,6 +61,18 @@ class ModelRecord:
         return f"{type(self).__name__}({fields})"
 
 
+def record_field(model, name):
+    """``model.record.<name>``, or None for a stand-in network without a record.
+
+    Examples
+    --------
+    >>> class Net: record = ModelRecord(thresholds={"flow_threshold": 0.6})
+    >>> record_field(Net(), "thresholds"), record_field(object(), "thresholds")
+    ({'flow_threshold': 0.6}, None)
+    """
+    return getattr(getattr(model, "record", None), name, None)
+
+
 def _short(value) -> str:
     """``repr(value)``, or the keys of a long mapping (training records are long)."""
     text = repr(value)

@@ -16,6 +16,7 @@ import numpy as np
 
 from cellpose_nb.flows import check_labels
 from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD
+from cellpose_nb.model.record import record_field
 from cellpose_nb.predict._compat import _data_first
 from cellpose_nb.predict.net import _masks_at_scale, predict_flows
 
@@ -113,10 +114,10 @@ def _stored_size_model(model):
     """The model's own size model: ``model.record.size_model`` (a SizeModel, or its
     :meth:`~SizeModel.to_dict` as the model's record keeps it), else the one in
     its training record (``model.record.training``), else None."""
-    stored = getattr(getattr(model, "record", None), "size_model", None)
+    stored = record_field(model, "size_model")
     if stored is not None:
         return stored if isinstance(stored, SizeModel) else SizeModel.from_dict(stored)
-    record = getattr(getattr(model, "record", None), "training", None) or {}
+    record = record_field(model, "training") or {}
     if record.get("size_model"):
         return SizeModel.from_dict(record["size_model"])
     return None

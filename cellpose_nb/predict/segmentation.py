@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, compute_masks
+from cellpose_nb.model.record import record_field
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict.config import SegmentConfig
 from cellpose_nb.predict.diameter import _stored_size_model, estimate_diameter
@@ -90,7 +91,7 @@ def _resolve_diameter(model, x, diameter):
 
 
 def _thresholds(model, cellprob_threshold, flow_threshold):
-    tuned = getattr(getattr(model, "record", None), "thresholds", None) or {}
+    tuned = record_field(model, "thresholds") or {}
     chosen = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold}
     defaults = {"cellprob_threshold": CELLPROB_THRESHOLD, "flow_threshold": FLOW_THRESHOLD}
     for name, keys in THRESHOLD_KEYS.items():
@@ -133,7 +134,7 @@ def input_knobs(model, channels=None, invert=None) -> InputKnobs:
     >>> (channels, invert), tuple(input_knobs(net, channels=(1, 0), invert=False))
     ((('gray', None), 'auto'), ((1, 0), False))
     """
-    recipe = getattr(getattr(model, "record", None), "input_recipe", None) or {}
+    recipe = record_field(model, "input_recipe") or {}
     if channels is None:
         channels = tuple(recipe.get("channels", DEFAULT_CHANNELS))
     if invert is None:
