@@ -2,11 +2,11 @@
 ImageJ/Fiji ROI sets and the Cellpose GUI's ``_seg.npy``.
 
 Every writer refuses to replace an existing file unless ``overwrite=True``
-(FileExistsError naming the path) and writes atomically: the data go to a
-temporary file in the same folder, which is renamed over the target only when
-complete, so an interrupted run leaves either the old file or the new one,
-never half of one.  :func:`export_all` writes one image's results in every
-format after checking all target paths first.
+(FileExistsError naming the path) and writes through :mod:`cellpose_nb.atomic`,
+so an interrupted run leaves either the old file or the new one, never half of
+one.  :func:`export_all` writes one image's results in every format, all or
+nothing: every result is computed first, then every file written to a
+temporary, and only then are they renamed.
 
 NumPy layer: no torch; tifffile, roifile and skimage are imported inside the
 functions that need them.
@@ -15,21 +15,19 @@ functions that need them.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from cellpose_nb.atomic import _refuse_existing, write_file, write_files
 from cellpose_nb.data.files import SEG_SUFFIX, UINT16_LIMIT
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.labels import check_labels
 from cellpose_nb.normalize import move_channels_last, normalize_percentile
 
 __all__ = ["write_masks_tif", "write_outlines_png", "cell_table", "write_cells_csv",
-           "outline_polygons", "write_imagej_rois", "write_seg_npy", "export_all", "FORMATS",
-           "SUFFIXES"]
+           "outline_polygons", "write_imagej_rois", "write_seg_npy", "export_all",
+           "FORMATS", "SUFFIXES"]
 
 OUTLINE_COLOR = (255, 0, 0)  # RGB of the outlines drawn by write_outlines_png
 CONTOUR_LEVEL = 0.5  # iso-level of find_contours on a 0/1 object mask
@@ -44,38 +42,9 @@ SUFFIXES = {  # format -> file name suffix used by export_all
     "seg": SEG_SUFFIX,
 }
 FORMATS = tuple(SUFFIXES)
-
-
-# --- safe writing -----------------------------------------------------------------------
-def _refuse_existing(paths, overwrite):
-    existing = [str(p) for p in paths if Path(p).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist{'s' if len(existing) == 1 else ''}; "
-                              "pass overwrite=True to replace")
-
-
-def _umasked_mode() -> int:
-    """0666 minus the process umask: the mode ``open()`` would give a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _write_atomically(path, write: Callable[[Path], None], *, overwrite: bool) -> Path:
-    """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    _refuse_existing([path], overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".part{path.suffix}")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _umasked_mode())  # mkstemp makes 0600; results should read like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+#: export_all refuses label ids above this that are also above 4 x the pixel count: per-id
+#: tables (regionprops, the GUI's ``ismanual``) would take memory in proportion to the id
+MAX_SPARSE_ID = 2 ** 24
 
 
 def _labels_and_image(labels, image, channel_axis):
@@ -106,12 +75,18 @@ def write_masks_tif(path, labels, *, overwrite=False):
     ...     tifffile.imread(p).dtype
     dtype('uint16')
     """
+    return write_file(path, _masks_job(labels), overwrite=overwrite)
+
+
+def _masks_job(labels):
     import tifffile
 
     labels = check_labels(labels)
+    if labels.size and int(labels.max()) > np.iinfo(np.uint32).max:  # would wrap around
+        raise ValueError(f"label ids up to {int(labels.max())} do not fit a uint32 masks TIFF; "
+                         "renumber them first (cellpose_nb.labels.renumber)")
     data = labels.astype(_mask_dtype(labels))
-    return _write_atomically(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"),
-                             overwrite=overwrite)
+    return lambda tmp: tifffile.imwrite(tmp, data, compression="zlib")
 
 
 # --- outlines ---------------------------------------------------------------------------
@@ -152,14 +127,18 @@ def write_outlines_png(path, image, labels, *, channel_axis=None, color=OUTLINE_
     >>> rgb.shape, rgb.dtype, rgb[5, 10].tolist(), rgb[10, 10].tolist()
     ((20, 20, 3), dtype('uint8'), [255, 0, 0], [255, 255, 255])
     """
+    return write_file(path, _outlines_job(image, labels, channel_axis, color),
+                             overwrite=overwrite)
+
+
+def _outlines_job(image, labels, channel_axis, color=OUTLINE_COLOR):
     import skimage.io
     from skimage.segmentation import find_boundaries
 
     labels, chans = _labels_and_image(labels, image, channel_axis)
     rgb = _display_rgb(chans, labels.shape)
     rgb[find_boundaries(labels, mode="inner")] = np.asarray(color, np.uint8)
-    return _write_atomically(path, lambda tmp: skimage.io.imsave(tmp, rgb, check_contrast=False),
-                             overwrite=overwrite)
+    return lambda tmp: skimage.io.imsave(tmp, rgb, check_contrast=False)
 
 
 # --- per-cell table ---------------------------------------------------------------------
@@ -217,6 +196,10 @@ def write_cells_csv(path, labels, image=None, *, channel_axis=None, overwrite=Fa
     ...     write_cells_csv(f"{tmp}/c.csv", lab).read_text().splitlines()
     ['label,area,centroid_row,centroid_col,equivalent_diameter', '1,8,2.5,3.5,3.1915382432114616']
     """
+    return write_file(path, _csv_job(labels, image, channel_axis), overwrite=overwrite)
+
+
+def _csv_job(labels, image, channel_axis):
     rows = cell_table(labels, image, channel_axis=channel_axis)
     _, chans = _labels_and_image(labels, image, channel_axis)
     n_chan = 0 if chans is None else chans.shape[-1]
@@ -228,7 +211,7 @@ def write_cells_csv(path, labels, image=None, *, channel_axis=None, overwrite=Fa
             writer.writeheader()
             writer.writerows(rows)
 
-    return _write_atomically(path, write, overwrite=overwrite)
+    return write
 
 
 # --- ImageJ ROIs ------------------------------------------------------------------------
@@ -272,6 +255,10 @@ def write_imagej_rois(path, labels, *, overwrite=False):
     >>> [r.name for r in rois]
     ['1', '2']
     """
+    return write_file(path, _rois_job(labels), overwrite=overwrite)
+
+
+def _rois_job(labels):
     import roifile
 
     rois = []
@@ -289,7 +276,7 @@ def write_imagej_rois(path, labels, *, overwrite=False):
 
             zipfile.ZipFile(tmp, "w").close()
 
-    return _write_atomically(path, write, overwrite=overwrite)
+    return write
 
 
 # --- Cellpose GUI -----------------------------------------------------------------------
@@ -340,6 +327,13 @@ def write_seg_npy(path, image, labels, flows=None, *, cellprob=None, diameter=No
     ...     sorted(np.load(p, allow_pickle=True).item())
     ['chan_choose', 'diameter', 'filename', 'flows', 'ismanual', 'masks', 'outlines']
     """
+    job = _seg_job(path, image, labels, flows, cellprob=cellprob, diameter=diameter,
+                   chan_choose=chan_choose, filename=filename, channel_axis=channel_axis)
+    return write_file(path, job, overwrite=overwrite)
+
+
+def _seg_job(path, image, labels, flows=None, *, cellprob=None, diameter=None,
+             chan_choose=(0, 0), filename=None, channel_axis=None):
     from skimage.segmentation import find_boundaries
 
     labels, _ = _labels_and_image(labels, image, channel_axis)
@@ -377,17 +371,19 @@ def write_seg_npy(path, image, labels, flows=None, *, cellprob=None, diameter=No
         with open(tmp, "wb") as fh:
             np.save(fh, np.array(dat, dtype=object), allow_pickle=True)
 
-    return _write_atomically(path, write, overwrite=overwrite)
+    return write
 
 
 # --- everything -------------------------------------------------------------------------
 def export_all(out_dir, name, image, result, *, channel_axis=None, overwrite=False,
-               formats=FORMATS):
+               formats=FORMATS, before_rename=None):
     """Write one image's results as ``<name>_masks.tif``, ``_outlines.png``, ``_cells.csv``,
-    ``_rois.zip`` and ``_seg.npy`` in ``out_dir``.
+    ``_rois.zip`` and ``_seg.npy`` in ``out_dir``, all or nothing.
 
-    Every target path is checked before anything is written, so without
-    ``overwrite`` an existing file means nothing is written at all.
+    Every target path is checked and every result computed before anything is
+    written, so without ``overwrite`` an existing file means nothing is written
+    at all; then all files are written to temporaries and only then renamed, so
+    a failure (a full disk, an interrupt) leaves none of this call's files.
 
     Parameters
     ----------
@@ -403,11 +399,25 @@ def export_all(out_dir, name, image, result, *, channel_axis=None, overwrite=Fal
     overwrite : bool
     formats : sequence of str
         A subset of ``FORMATS``.
+    before_rename : callable, optional
+        Called with ``{target path: temporary path}`` once every temporary is
+        written, before the first rename (``cellpose-nb segment`` notes there
+        that the files are its own).
 
     Returns
     -------
     list of Path
         In the order of ``formats``.
+
+    Raises
+    ------
+    FileExistsError
+        A target exists and ``overwrite`` is false.
+    ValueError
+        Unknown formats; labels that are empty, do not match the image, or
+        have huge sparse ids (see ``MAX_SPARSE_ID``).
+    OSError
+        Writing failed; the message names the file and the folder.
 
     Examples
     --------
@@ -423,18 +433,25 @@ def export_all(out_dir, name, image, result, *, channel_axis=None, overwrite=Fal
     labels = result if isinstance(result, np.ndarray) else result.labels
     labels, chans = _labels_and_image(labels, image, channel_axis)  # fail before writing
     out_dir = Path(out_dir)
+    what = f"labels for {out_dir / name}_*"
+    if labels.size == 0:
+        raise ValueError(f"{what} are empty (shape {labels.shape}): nothing to export")
+    top = int(labels.max())
+    if top > MAX_SPARSE_ID and top > 4 * labels.size:
+        raise ValueError(f"{what} have ids up to {top} in only {labels.size} pixels (per-id "
+                         "tables would not fit in memory); renumber them first "
+                         "(cellpose_nb.labels.renumber)")
     targets = {f: out_dir / f"{name}{SUFFIXES[f]}" for f in formats}
     _refuse_existing(targets.values(), overwrite)
     flows = getattr(result, "flows", None)
-    writers = {
-        "masks": lambda p: write_masks_tif(p, labels, overwrite=overwrite),
-        "outlines": lambda p: write_outlines_png(p, chans, labels, channel_axis=-1,
-                                                 overwrite=overwrite),
-        "csv": lambda p: write_cells_csv(p, labels, chans, channel_axis=-1, overwrite=overwrite),
-        "rois": lambda p: write_imagej_rois(p, labels, overwrite=overwrite),
-        "seg": lambda p: write_seg_npy(p, chans, labels, flows, channel_axis=-1,
-                                       cellprob=getattr(result, "cellprob", None),
-                                       diameter=getattr(result, "diameter", None),
-                                       overwrite=overwrite),
+    jobs = {  # each computes its file's content now and returns the function that writes it
+        "masks": lambda p: _masks_job(labels),
+        "outlines": lambda p: _outlines_job(chans, labels, -1),
+        "csv": lambda p: _csv_job(labels, chans, -1),
+        "rois": lambda p: _rois_job(labels),
+        "seg": lambda p: _seg_job(p, chans, labels, flows, channel_axis=-1,
+                                  cellprob=getattr(result, "cellprob", None),
+                                  diameter=getattr(result, "diameter", None)),
     }
-    return [writers[f](p) for f, p in targets.items()]
+    return write_files({p: jobs[f](p) for f, p in targets.items()},
+                                 overwrite=overwrite, before_rename=before_rename)

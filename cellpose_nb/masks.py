@@ -69,6 +69,13 @@ SEED_MIN_COUNT = 10
 CELLPROB_THRESHOLD = 0.0  # pixels with cellprob logit above this are followed
 FLOW_THRESHOLD = 0.4  # masks whose flow error is above this are dropped (Cellpose: 0.4)
 MIN_SIZE = 15  # masks smaller than this many pixels are dropped (Cellpose: 15)
+#: the range of ``cellprob_threshold``: it is a logit, and beyond +-20 the float32
+#: sigmoid is 0 or 1, so a threshold there keeps every pixel or none
+CELLPROB_LIMIT = 20.0
+#: the upper end of ``flow_threshold``: the flow error is a mean squared difference of
+#: unit vectors' components, so it is at most about 4, and a larger threshold is no
+#: check at all (0 says that)
+FLOW_LIMIT = 4.0
 
 #: Masks larger than this fraction of the image are dropped (Cellpose: 0.4).
 MAX_SIZE_FRACTION = 0.4

@@ -70,9 +70,11 @@ def move_channels_last(image, *, channel_axis=None):
         raise ValueError(f"image must be (H, W) or (H, W, C) with channel_axis; got shape {arr.shape}")
     if channel_axis is None and arr.shape[-1] > MAX_GUESSED_CHANNELS:
         raise ValueError(
-            f"image of shape {arr.shape}: its last axis is too long for channels; if the "
-            f"channels are on another axis pass channel_axis (--channel-axis), e.g. 0 for a "
-            f"channels-first image; a z-stack is a volume, not a 2-D image"
+            f"image of shape {arr.shape} would be read as {arr.shape[0]} x {arr.shape[1]} "
+            f"pixels with {arr.shape[2]} channels (more than {MAX_GUESSED_CHANNELS}, so "
+            f"probably not); if the channels are on another axis pass channel_axis "
+            f"(--channel-axis), e.g. 0 for a channels-first image; a z-stack is a volume, "
+            f"not a 2-D image"
         )
     axis = -1 if channel_axis is None else channel_axis
     if not -3 <= axis < 3:
@@ -268,7 +270,11 @@ def to_network_input(image, *, channels=(0, None), channel_axis=None, normalize=
             x = chan[..., 0]
         elif c == "gray":
             if n not in (3, 4):
-                raise ValueError(f"channels='gray' needs an RGB(A) image; got {n} channels")
+                raise ValueError(
+                    f"channels='gray' averages the colours of an RGB(A) image, but the image "
+                    f"of shape {arr.shape} was read as {h} x {w} pixels with {n} channels; "
+                    f"pass channels=(0, None) for its first channel alone, or (0, 1) for "
+                    f"cytoplasm + nuclei (--channels 0 1)")
             x = chan[..., :3].astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)
         elif n == 1:
             x = chan[..., 0]

@@ -112,3 +112,153 @@ def test_B18_a_truncated_cached_flow_file_is_named_and_recomputed(tmp_path):
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(again, masks_to_flows(labels))
     np.testing.assert_array_equal(np.load(cached), first)  # the cache is whole again
+
+
+# ---- library calls: each row a call, the error type, and a phrase of its message ----
+
+def _tiny_model():
+    import torch
+
+    from cellpose_nb.model import CellposeUNet, ModelConfig
+
+    torch.manual_seed(0)
+    return CellposeUNet(ModelConfig(features=(4, 8), diam_mean=17.0)).eval()
+
+
+_IMG = make_synthetic((64, 64), n_cells=8, diameter=12, kind="nuclei", seed=0).image
+
+
+def _segment(image=_IMG, **kw):
+    from cellpose_nb.predict import segment
+
+    return segment(image, _tiny_model(), **{"diameter": 12, **kw})
+
+
+CALLS = [  # (id, call, error type, phrase)
+    ("W7 NaN cellprob threshold", lambda: _segment(cellprob_threshold=float("nan")),
+     ValueError, "cellprob_threshold must be None or a logit in [-20, 20]"),
+    ("W7 huge cellprob threshold", lambda: _segment(cellprob_threshold=1e6), ValueError, "[-20, 20]"),
+    ("W7 negative flow threshold", lambda: _segment(flow_threshold=-1), ValueError, "[0, 4]"),
+    ("W7 infinite flow threshold", lambda: _segment(flow_threshold=float("inf")), ValueError, "[0, 4]"),
+    ("W7 diameter larger than the image", lambda: _segment(diameter=1e6), ValueError,
+     "use 1.7 to 64 px"),
+    ("W7 NaN diameter", lambda: _segment(diameter=float("nan")), ValueError, "out of range"),
+    ("W7 diameter not a number", lambda: _segment(diameter="big"), TypeError,
+     "diameter must be a number"),
+    ("B12 diameter 1e-3", lambda: _segment(diameter=1e-3), ValueError, "use 1.7 to 64 px"),
+    ("B12 diameter 0.2", lambda: _segment(diameter=0.2), ValueError, "use 1.7 to 64 px"),
+    ("B12 zoomed image too large", lambda: _segment(np.zeros((20000, 20000), np.uint8), diameter=2),
+     ValueError, "segment the image in parts"),
+    ("B9 two channels, gray recipe", lambda: _segment(np.random.rand(64, 64, 2), channels=("gray", None)),
+     ValueError, "was read as 64 x 64 pixels with 2 channels; pass channels=(0, None)"),
+    ("B9 z-stack", lambda: _segment(np.random.rand(5, 64, 64)), ValueError,
+     "read as 5 x 64 pixels with 64 channels"),
+    ("B11 nested list", lambda: _segment([[1, 2], [3, 4]]), TypeError, "np.asarray(image)"),
+    ("B11 empty image", lambda: _segment(np.zeros((0, 5))), ValueError, "image is empty"),
+    ("NaN pixels", lambda: _segment(np.full((64, 64), np.nan)), ValueError, "NaN or inf"),
+    ("tuned thresholds out of range", lambda: _segment_with_thresholds({"cellprob_threshold": 50.0}),
+     ValueError, "the model's tuned thresholds"),
+]
+
+
+def _segment_with_thresholds(thresholds):
+    from cellpose_nb.predict import segment
+
+    model = _tiny_model()
+    model.record = model.record.replace(thresholds=thresholds)
+    return segment(_IMG, model, diameter=12)
+
+
+@pytest.mark.parametrize("case, call, kind, phrase", CALLS, ids=[r[0] for r in CALLS])
+def test_bad_values_are_refused_with_the_allowed_range(case, call, kind, phrase):
+    with pytest.raises(kind) as info:
+        call()
+    assert phrase in str(info.value)
+
+
+def test_an_estimate_out_of_range_falls_back_to_diam_mean_with_a_warning(monkeypatch):
+    from cellpose_nb.predict import segmentation
+    from cellpose_nb.predict.diameter import DiameterEstimate
+
+    model = _tiny_model()
+    model.record = model.record.replace(size_model={"coef": [0.0] * 8, "style_mean": [0.0] * 8,
+                                                    "target_mean": 0.0, "diam_mean": 17.0})
+    monkeypatch.setattr(segmentation, "estimate_diameter",
+                        lambda *a, **k: DiameterEstimate(1e-4, 1e-4))
+    with pytest.warns(UserWarning, match="estimate cannot be used.*out of range"):
+        res = segmentation.segment(_IMG, model)
+    assert res.diameter == 17.0
+
+
+def _flip_header_bits(src, dst, seed):
+    import random
+
+    data, rng = bytearray(src.read_bytes()), random.Random(seed)
+    for _ in range(3):
+        data[rng.randrange(0, 400)] ^= 1 << rng.randrange(8)
+    dst.write_bytes(data)
+
+
+def test_B6_corrupt_tiffs_are_named_in_one_line_without_the_library_log(tmp_path, capfd):
+    from cellpose_nb.data import read_image
+
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, (np.random.default_rng(0).random((128, 128)) * 1000).astype(np.uint16))
+    n_refused = 0
+    for seed in range(60):  # header bits flipped: each file is read correctly or refused
+        bad = tmp_path / f"bad{seed}.tif"
+        _flip_header_bits(good, bad, seed)
+        try:
+            image = read_image(bad)
+        except ValueError as exc:
+            assert str(exc).startswith(f"cannot read {bad}: the TIFF file is corrupt"), exc
+            assert "\n" not in str(exc)
+            n_refused += 1
+        else:
+            assert image.shape == (128, 128) and image.dtype.kind in "uif"
+    assert n_refused > 20
+    assert capfd.readouterr().err == ""  # tifffile's log did not reach the terminal
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.tif: the TIFF file is corrupt"):
+        read_image(tmp_path / "empty.tif")
+
+
+def test_B6_a_huge_one_bit_claim_is_refused_before_reading(tmp_path):
+    from cellpose_nb.data import read_image
+    from cellpose_nb.data.files import MAX_TIFF_BYTES
+
+    path = tmp_path / "claims.tif"
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint8))
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags["ImageLength"].valueoffset
+    data = bytearray(path.read_bytes())  # ImageLength: 2**31 rows of 4 bytes > MAX_TIFF_BYTES
+    data[offset:offset + 4] = (2**31).to_bytes(4, "little")
+    path.write_bytes(data)
+    assert 2**31 * 4 > MAX_TIFF_BYTES
+    with pytest.raises(ValueError, match="corrupt or truncated .*GiB image"):
+        read_image(path)
+
+
+def test_the_command_line_exit_codes_and_debug(folder, capsys, monkeypatch):
+    from cellpose_nb.cli import segment as segment_cli
+
+    argv = ["segment", f"{folder}/data", "--out", f"{folder}/out"]
+
+    def full_disk(args):
+        raise OSError(28, "No space left on device", f"{folder}/out/s0_masks.tif")
+
+    def bug(args):
+        raise ZeroDivisionError("division by zero")
+
+    cases = [(full_disk, OSError, f"error: OSError: [Errno 28] No space left on device: "
+                                  f"'{folder}/out/s0_masks.tif'"),
+             (bug, ZeroDivisionError, "internal error: ZeroDivisionError: division by zero "
+                                      "(--debug shows the traceback)")]
+    for run, kind, phrase in cases:  # the parser is built per call and binds run then
+        monkeypatch.setattr(segment_cli, "run", run)
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert phrase in err and "Traceback" not in err
+        for debug_argv in (["--debug"] + argv, argv + ["--debug"]):
+            with pytest.raises(kind):
+                main(debug_argv)

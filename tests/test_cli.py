@@ -51,8 +51,15 @@ def test_evaluate_table_and_csv(tmp_path, capsys):
     # the CSV is not overwritten without --overwrite; a missing prediction is an error
     (tmp_path / "pred" / "b_masks.tif").unlink()
     assert main(["evaluate", str(tmp_path / "true"), str(tmp_path / "pred"), "--csv", str(csv_path)]) == 2
-    assert main(["evaluate", str(tmp_path / "true"), str(tmp_path / "pred")]) == 1
-    assert "b: no prediction" in capsys.readouterr().err
+    capsys.readouterr()
+    # B26: a missing prediction counts as an empty one (AP 0), is listed, and fails the run
+    assert main(["evaluate", str(tmp_path / "true"), str(tmp_path / "pred"),
+                 "--csv", str(csv_path), "--overwrite"]) == 1
+    assert "1 of 2 images have no prediction" in capsys.readouterr().err
+    rows = [r.split(",") for r in csv_path.read_text().splitlines()]
+    assert rows[2][0] == "b" and rows[2][3] == "0.0" and "counted as empty" in rows[2][-1]
+    assert rows[3][0].startswith("MEAN") and float(rows[3][3]) == 0.5  # b is in the mean
+    assert not list(tmp_path.glob(".ap.csv*"))  # no temporary left
 
 
 def test_parse_channels_errors():
@@ -80,19 +87,27 @@ def test_segment_reports_bad_files_skips_done_ones_and_never_overwrites(tmp_path
     err = capsys.readouterr().err
     assert "bad.tif: FAILED: ValueError" in err and "not a TIFF" in err
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["a_cells.csv", "a_masks.tif", "a_outlines.png", "a_rois.zip", "a_seg.npy"]
+    assert written == [".a.segment.json",  # the marker: these outputs are ours and complete
+                       "a_cells.csv", "a_masks.tif", "a_outlines.png", "a_rois.zip", "a_seg.npy"]
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     (src / "bad.tif").unlink()
     assert main(argv) == 0  # a re-run skips what is done
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped (already done)" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
-    # a partial set of outputs is never overwritten without --overwrite
+    # an incomplete set of our own, unchanged outputs is redone
     (out / "a_rois.zip").unlink()
-    assert main(argv) == 1
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == {
-        k: v for k, v in before.items() if k != "a_rois.zip"}
-    assert main(argv + ["--overwrite"]) == 0
+    assert main(argv) == 0
     assert (out / "a_rois.zip").exists()
+    assert (out / "a_masks.tif").stat().st_mtime_ns != before["a_masks.tif"]
+    # an output changed since (e.g. corrected in the GUI) is never overwritten without --overwrite
+    (out / "a_rois.zip").unlink()
+    (out / "a_seg.npy").write_bytes(b"corrected")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(argv) == 1
+    assert "a_seg.npy exists" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert main(argv + ["--overwrite"]) == 0
+    assert (out / "a_rois.zip").exists() and (out / "a_seg.npy").read_bytes() != b"corrected"
 
 
 def test_segment_in_bfloat16_finds_the_same_nuclei(tmp_path):

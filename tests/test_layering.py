@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cellpose_nb"
-NUMPY_LAYER = ["labels", "normalize", "flows", "fmm", "masks", "_dynamics", "metrics", "augment",
+NUMPY_LAYER = ["atomic", "labels", "normalize", "flows", "fmm", "masks", "_dynamics", "metrics", "augment",
                "data", "export", "diffusion", "threshold_cache"]
 TORCH_LAYER = ["model", "predict", "train"]
 DISPLAY_LAYER = ["plot", "widgets"]

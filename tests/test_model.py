@@ -249,7 +249,9 @@ def test_save_refuses_to_overwrite(tmp_path):
 def test_the_record_is_saved_and_loaded_one_file_per_field(tmp_path):
     net = _small_model()
     assert net.record == M.ModelRecord(diam_labels=net.config.diam_mean)
-    size_model = {"coef": [0.5], "style_mean": [0.25], "target_mean": 0.0, "diam_mean": 30.0}
+    width = SMALL.features[-1]  # one coefficient per style value
+    size_model = {"coef": [0.5] * width, "style_mean": [0.25] * width, "target_mean": 0.0,
+                  "diam_mean": 30.0}
     net.record = net.record.replace(
         diam_labels=21.5, thresholds={"flow_threshold": 0.6}, training={"epochs": 3},
         size_model=types.SimpleNamespace(to_dict=lambda: size_model),  # stored as its dict

@@ -150,7 +150,7 @@ def test_diameter_none_uses_estimate_diameter(monkeypatch):
     assert res.diameter == 24.0 and res.labels.shape == (40, 40)
     monkeypatch.setattr(S, "estimate_diameter",
                         lambda x, model, size_model: P.DiameterEstimate(np.inf, np.inf))
-    with pytest.warns(UserWarning, match="size model returned inf"):
+    with pytest.warns(UserWarning, match="estimate cannot be used: diameter=inf"):
         assert P.segment(_smooth((40, 40)), net).diameter == DIAM
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellpose_nb.atomic import write_file
 from cellpose_nb.metrics import matching, matching_dataset
 
 #: IoU thresholds of the table
@@ -51,33 +52,44 @@ def run(args):
     th = args.thresholds
     rows, trues, predicted, missing = [], [], [], []
     for name, tpath in truth.items():
-        if name not in preds:
+        t = read_labels(tpath)
+        if name in preds:
+            p = read_labels(preds[name])
+            if t.shape != p.shape:
+                raise ValueError(f"{name}: true shape {t.shape} ({tpath}) != predicted shape "
+                                 f"{p.shape} ({preds[name]})")
+        else:  # a missing prediction found no cell: it counts, as AP 0, not as a gap
             missing.append(name)
-            continue
-        t, p = read_labels(tpath), read_labels(preds[name])
-        if t.shape != p.shape:
-            raise ValueError(f"{name}: true shape {t.shape} != predicted shape {p.shape}")
+            p = np.zeros_like(t)
         ms = matching(t, p, thresholds=th)
-        rows.append([name, ms[0].n_true, ms[0].n_pred] + [m.ap for m in ms])
+        rows.append([name, ms[0].n_true, ms[0].n_pred] + [m.ap for m in ms]
+                    + ["no prediction: counted as empty" if name in missing else ""])
         trues.append(t)
         predicted.append(p)
-    header = ["image", "n_true", "n_pred"] + [f"ap@{x:g}" for x in th]
-    if rows:
-        aps = np.array([r[3:] for r in rows], float)
-        mean = ["MEAN (per image)", "", ""] + list(np.nanmean(aps, 0))
-        ds = matching_dataset(trues, predicted, thresholds=th)
-        pooled = ["POOLED (summed tp/fp/fn)", ds[0].n_true, ds[0].n_pred] + [m.ap for m in ds]
-        rows += [mean, pooled]
+    header = ["image", "n_true", "n_pred"] + [f"ap@{x:g}" for x in th] + ["note"]
+    aps = np.array([r[3:-1] for r in rows], float)
+    rows.append(["MEAN (per image)", "", ""] + list(np.nanmean(aps, 0)) + [""])
+    ds = matching_dataset(trues, predicted, thresholds=th)
+    rows.append(["POOLED (summed tp/fp/fn)", ds[0].n_true, ds[0].n_pred] + [m.ap for m in ds] + [""])
     width = max(len(str(r[0])) for r in rows + [header])
-    print("  ".join([f"{header[0]:<{width}}"] + [f"{h:>8}" for h in header[1:]]))
+    print("  ".join([f"{header[0]:<{width}}"] + [f"{h:>8}" for h in header[1:-1]]))
     for r in rows:
-        cells = [f"{r[0]:<{width}}"] + [f"{v:>8.3f}" if isinstance(v, float) else f"{v!s:>8}" for v in r[1:]]
-        print("  ".join(cells))
+        cells = [f"{r[0]:<{width}}"] + [f"{v:>8.3f}" if isinstance(v, float) else f"{v!s:>8}"
+                                          for v in r[1:-1]]
+        print("  ".join(cells + ([f"  ({r[-1]})"] if r[-1] else [])))
     if args.csv is not None:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as fh:
-            csv.writer(fh).writerows([header] + rows)
+        def write(tmp):
+            with open(tmp, "w", newline="") as fh:
+                csv.writer(fh).writerows([header] + rows)
+
+        write_file(args.csv, write, overwrite=True)  # existence was checked before the work
         print(f"wrote {args.csv}")
-    for name in missing:
-        print(f"{name}: no prediction in {args.pred_folder}", file=sys.stderr)
+    extra = sorted(set(preds) - set(truth))
+    if extra:
+        print(f"{len(extra)} predictions have no true masks and are not scored: "
+              f"{', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}", file=sys.stderr)
+    if missing:
+        print(f"{len(missing)} of {len(truth)} images have no prediction in {args.pred_folder}, "
+              f"counted as empty (AP 0): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}",
+              file=sys.stderr)
     return 1 if missing else 0

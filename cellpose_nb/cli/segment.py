@@ -3,11 +3,35 @@
 The network and mask options are fields of :class:`~cellpose_nb.predict.SegmentConfig`,
 and their defaults are read from it, so the command line and the Python API
 cannot drift apart.
+
+Resuming and ownership.  Each image's outputs are one unit, written by
+:func:`~cellpose_nb.export.export_all` all or nothing, and recorded in a
+marker ``.<name>.segment.json`` in ``--out``: the size and modification time
+of every output file this command wrote.  The marker is written twice: as
+"incomplete" once the temporaries are written and before they are renamed,
+and as "complete" last.  So on a re-run:
+
+- complete marker, every requested output unchanged: skipped (already done);
+- a file that the marker records and that is unchanged is ours and is
+  replaced (the rest of an interrupted or partial set is redone);
+- any other existing output (no marker, or changed since, e.g. corrected in
+  the Cellpose GUI) is the user's: the image fails unless ``--overwrite``.
+
+Leftover temporaries of our naming (``.<output stem>.<8 random>.part<ext>``,
+see :func:`~cellpose_nb.atomic.stale_temporaries`) of this run's outputs are
+removed from ``--out`` first.  SIGTERM is handled like Ctrl-C (by
+:func:`cellpose_nb.cli.main`), so a killed run removes its temporaries too.  A full disk, a quota or a read-only ``--out``
+stops the run (every following image would fail as well): one line naming
+the file and folder, exit code 1; a re-run resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +41,9 @@ from cellpose_nb.predict import PRECISIONS, SegmentConfig, segment
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MASK_MARKERS = ("_masks", "_cp_masks", "_seg", "_outlines", "_flows")
 FORMATS = ("masks", "outlines", "csv", "rois", "seg")
+#: errors writing to --out that every following image would hit too: stop the run
+STOP_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+SHOW_SKIPPED = 3  # names shown in the line about input files skipped as output-like
 
 
 def add_parser(sub):
@@ -56,25 +83,54 @@ def config_from_args(args) -> SegmentConfig:
 
 
 def _is_output_like(path):
+    """Hidden files (temporaries, macOS ``._*``) and outputs or annotations by their name."""
     stem = path.stem.lower()
-    return any(stem.endswith(m) for m in MASK_MARKERS)
+    return path.name.startswith(".") or any(stem.endswith(m) for m in MASK_MARKERS)
+
+
+def _os_error(exc, what):
+    """``exc`` again (same errno, so the same OSError subclass) as one line about ``what``."""
+    message = f"{what}: {exc.strerror or exc}"
+    return OSError(exc.errno, message) if exc.errno else OSError(message)
 
 
 def collect_images(inputs):
-    """Image files named on the command line, folders expanded (masks/outputs skipped)."""
-    files = []
-    for p in inputs:
-        p = Path(p)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir()
-                            if f.suffix.lower() in IMAGE_SUFFIXES and not _is_output_like(f))
-        elif p.exists():
-            files.append(p)
-        else:
+    """Image files named on the command line, folders expanded.
+
+    Returns
+    -------
+    (list of Path, list of Path)
+        The images, and the image files of the folders that were left out
+        because they look like outputs or annotations (``*_masks``, ``*_seg``,
+        ``*_outlines``, ``*_flows``) or are hidden.  A file named on the
+        command line is always an image.
+    """
+    files, skipped = [], []
+    for p in map(Path, inputs):
+        try:
+            is_dir, exists = p.is_dir(), p.exists()
+            found = sorted(f for f in (p.iterdir() if is_dir else ())
+                           if f.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:  # e.g. an unreadable folder: one line naming it
+            raise _os_error(exc, f"cannot read the input {p}") from exc
+        if not exists:
             raise FileNotFoundError(f"no such image or folder: {p}")
+        if not is_dir:
+            files.append(p)
+        files += [f for f in found if not _is_output_like(f)]
+        skipped += [f for f in found if _is_output_like(f)]
     if not files:
-        raise FileNotFoundError(f"no images found in {', '.join(map(str, inputs))}")
-    return files
+        raise FileNotFoundError(f"no images found in {', '.join(map(str, inputs))}"
+                                + (f" ({_skipped_line(skipped)})" if skipped else ""))
+    return files, skipped
+
+
+def _skipped_line(skipped):
+    """One line that says which input files were left out, and why."""
+    n = len(skipped)
+    names = ", ".join(f.name for f in skipped[:SHOW_SKIPPED]) + (", ..." if n > SHOW_SKIPPED else "")
+    return (f"skipped {n} file{'s' if n > 1 else ''} that look{'' if n > 1 else 's'} like outputs, "
+            f"annotations or hidden files ({names}); name a file on the command line to segment it")
 
 
 def name_of(path):
@@ -112,44 +168,131 @@ def check_outputs_are_distinct(files, out):
                              "choose another --out")
 
 
+# --- the per-image marker -----------------------------------------------------------------
+def marker_path(out, name):
+    """The marker of image ``name`` in ``out``: which of its outputs this command wrote."""
+    return Path(out) / f".{name}.segment.json"
+
+
+def _stamp(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]  # a rename keeps both; an edit changes them
+
+
+def _read_marker(path):
+    """(complete, {output file name: stamp}); (False, {}) without a readable marker."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return data["complete"] is True, {str(k): list(v) for k, v in data["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False, {}  # nothing proven ours
+
+
+def _unchanged(out, records):
+    """The recorded file names whose file is still as this command wrote it."""
+    ours = set()
+    for name, stamp in records.items():
+        with contextlib.suppress(OSError):
+            if _stamp(Path(out) / name) == stamp:
+                ours.add(name)
+    return ours
+
+
+def _write_marker(path, complete, records):
+    from cellpose_nb.atomic import write_bytes
+
+    write_bytes(path, json.dumps({"complete": complete, "files": records}).encode(), overwrite=True)
+
+
+# --- the command -------------------------------------------------------------------------
 def run(args):
     from tqdm import tqdm
 
     from cellpose_nb.data import read_image
+    from cellpose_nb.atomic import stale_temporaries
     from cellpose_nb.export import SUFFIXES, export_all
 
     config = config_from_args(args)  # bad options fail before the model is loaded
-    files = collect_images(args.inputs)
+    files, ignored = collect_images(args.inputs)
+    if ignored:
+        print(_skipped_line(ignored), file=sys.stderr)
     check_outputs_are_distinct(files, args.out)
     model = load_model(args.model, args.device)
     channels = None if args.channels is None else parse_channels(args.channels)
-    args.out.mkdir(parents=True, exist_ok=True)
-    failed, skipped = [], []
+    out = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot create the output folder {out}") from exc
+    formats = tuple(dict.fromkeys(args.formats))
+    targets = {f: [out / f"{name_of(f)}{SUFFIXES[fmt]}" for fmt in formats] for f in files}
+    ours_named = [t.name for ts in targets.values() for t in ts]
+    ours_named += [marker_path(out, name_of(f)).name for f in files]
+    try:
+        stale = stale_temporaries(out, ours_named)
+        for p in stale:  # temporaries of an interrupted run (ours by their name)
+            p.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot clean the output folder {out}") from exc
+    if stale:
+        print(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} of an "
+              f"interrupted run from {out}", file=sys.stderr)
+    failed, skipped, stopped = [], [], None
     for f in tqdm(files, desc="segment", unit="image"):
-        targets = [args.out / f"{name_of(f)}{SUFFIXES[fmt]}" for fmt in args.formats
-                   if fmt in SUFFIXES]
-        if not args.overwrite and targets and all(t.exists() for t in targets):
-            # done by an earlier (perhaps interrupted) run: skip, so a re-run resumes
+        name = name_of(f)
+        marker = marker_path(out, name)
+        complete, records = _read_marker(marker)
+        ours = _unchanged(out, records)
+        if complete and not args.overwrite and all(t.name in ours for t in targets[f]):
             skipped.append(f)
-            tqdm.write(f"{f.name}: outputs exist, skipped (--overwrite to redo)")
+            tqdm.write(f"{f.name}: done by an earlier run, skipped (--overwrite to redo)")
             continue
+        existing = [t for t in targets[f] if t.exists()]
+        foreign = [t.name for t in existing if t.name not in ours]
+        if foreign and not args.overwrite:
+            failed.append(f)
+            one = len(foreign) == 1
+            tqdm.write(f"{f.name}: FAILED: {', '.join(foreign)} exist{'s' if one else ''} in {out} "
+                       f"but {'was' if one else 'were'} not written by cellpose-nb segment there "
+                       "(or changed since); pass --overwrite to replace", file=sys.stderr)
+            continue
+        # other outputs of this image that an earlier run wrote stay ours
+        redone = {t.name for t in targets[f]}
+        kept = {k: v for k, v in records.items() if k in ours and k not in redone}
+
+        def note_ours(staged):  # before the renames: from now on these files are ours
+            stamps = {t.name: _stamp(tmp) for t, tmp in staged.items()}  # a rename keeps them
+            _write_marker(marker, False, {**kept, **stamps})
+
         try:
             image = read_image(f)
             res = segment(image, model, diameter=args.diameter, channels=channels,
                           channel_axis=args.channel_axis,
                           invert=parse_invert(args.invert), config=config)
-            paths = export_all(args.out, name_of(f), image, res, channel_axis=args.channel_axis,
-                               overwrite=args.overwrite,
-                               formats=tuple(args.formats))
-            tqdm.write(f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files"
-                       + "".join(f" (note: {n})" for n in res.notes))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # report, skip, keep going
+        except Exception as exc:  # a bad image: report, skip, keep going
             failed.append(f)
             tqdm.write(f"{f.name}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-    done = len(files) - len(failed) - len(skipped)
-    print(f"{done} of {len(files)} images segmented into {args.out}"
+            continue
+        try:
+            paths = export_all(out, name, image, res, channel_axis=args.channel_axis,
+                               overwrite=args.overwrite or bool(existing), formats=formats,
+                               before_rename=note_ours)
+            _write_marker(marker, True, {**kept, **{p.name: _stamp(p) for p in paths}})  # last
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in STOP_ERRNOS:
+                # --out takes no more files (full disk, quota, read-only): the rest would fail too
+                stopped = exc
+                break
+            failed.append(f)
+            tqdm.write(f"{f.name}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        tqdm.write(f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files"
+                   + "".join(f" (note: {n})" for n in res.notes))
+    done = (files.index(f) if stopped else len(files)) - len(failed) - len(skipped)
+    print(f"{done} of {len(files)} images segmented into {out}"
           + (f", {len(skipped)} skipped (already done)" if skipped else "")
           + (f", {len(failed)} failed" if failed else ""))
-    return 1 if failed else 0
+    if stopped:
+        print(f"cellpose-nb segment: error: {stopped}; stopped at {f.name}, as every following "
+              "image would fail too; re-run to resume", file=sys.stderr)
+    return 1 if failed or stopped else 0

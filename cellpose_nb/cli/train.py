@@ -56,6 +56,9 @@ def add_parser(sub):
                     help="mixed precision: float16 on cuda, bfloat16 on the CPU; by default on "
                          "cuda and on CPUs with bfloat16 units (Intel AMX); --no-amp: float32")
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start again in an --out that holds an earlier run, replacing its "
+                         "checkpoint, history and model")
     tr.add_argument("--pretrained", default=None, help="start from this model (fine-tuning)")
     tr.set_defaults(func=run)
 
@@ -78,6 +81,8 @@ def run(args):
     if args.diam_mean is not None and not args.diam_mean > 0:
         raise ValueError(f"--diam-mean must be > 0 pixels; got {args.diam_mean}")
     diam_mean = args.diam_mean or (model.config.diam_mean if model is not None else DIAM_MEAN)
+    if model is not None and diam_mean != model.config.diam_mean:
+        model = model.with_diam_mean(diam_mean)  # fine-tuning at a new scale
     config = config_from_args(args, diam_mean)
     model_config = ModelConfig(features=tuple(args.features), diam_mean=diam_mean)
     channels, invert = input_knobs(model, None if args.channels is None
@@ -91,7 +96,7 @@ def run(args):
     result = train_folder(args.folder, out_dir=args.out, config=config,
                           model=model if model is not None else model_config,
                           input_recipe=InputRecipe(channels=channels, invert=invert),
-                          val_names=val_names, resume=args.resume,
+                          val_names=val_names, resume=args.resume, overwrite=args.overwrite,
                           command=["cellpose-nb"] + sys.argv[1:])
     if not result.completed:
         print(f"stopped by the time budget after {len(result.history)} epochs; "

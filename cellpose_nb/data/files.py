@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,9 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MASK_EXTENSIONS = (".tif", ".tiff", ".png")  # lossless only
 SEG_SUFFIX = "_seg.npy"  # the Cellpose GUI's pickled results: <image base>_seg.npy
+#: a TIFF that says its image is larger is taken for a damaged one (a flipped bit
+#: in its header can make a 1 MB file claim gigabytes)
+MAX_TIFF_BYTES = 2**32
 UINT16_LIMIT = 2**16  # labels below this are stored as uint16, else uint32
 
 
@@ -87,14 +92,71 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise ValueError(f"cannot read {path}: extension {ext!r} is not one of {IMAGE_EXTENSIONS}")
+    if ext in TIFF_EXTENSIONS:
+        return _read_tiff(path)
     try:
-        if ext in TIFF_EXTENSIONS:
-            return tifffile.imread(path)
         import imageio.v3 as iio  # lazy: only needed for PNG/JPEG
 
         return iio.imread(path, plugin="pillow")
     except Exception as exc:  # tifffile / Pillow raise many types; name the file
         raise ValueError(f"cannot read {path}: {exc}") from exc
+
+
+class _TiffLog(logging.Handler):
+    """Collects tifffile's log records during one read, instead of printing them."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.errors, self.warnings = [], []
+
+    def emit(self, record):
+        (self.errors if record.levelno >= logging.ERROR else self.warnings).append(record.getMessage())
+
+
+def _read_tiff(path, *, allow_bool=False):
+    """The first series of a TIFF, or a ValueError that calls a damaged file corrupt.
+
+    tifffile logs what it finds wrong in a damaged file (hundreds of lines for
+    one with a flipped header bit) and may still return an array, e.g. a huge
+    one-bit image; its log is collected here, and any error in it, an empty or
+    non-numeric image, or one larger than ``MAX_TIFF_BYTES`` is reported as a
+    corrupt file, in one line.  A one-bit image is taken for a corrupt one
+    unless ``allow_bool`` (a binary mask can be one; a microscope image is not).
+    """
+    def corrupt(reason):
+        return ValueError(f"cannot read {path}: the TIFF file is corrupt or truncated ({reason})")
+
+    log, logger = _TiffLog(), logging.getLogger("tifffile")
+    logger.addHandler(log)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise corrupt("no image in it")
+            series = tif.series[0]
+            dtype, shape = np.dtype(series.dtype), tuple(series.shape)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if dtype.kind not in ("uifb" if allow_bool else "uif") or 0 in shape:
+                raise corrupt(f"it describes a {dtype} image of shape {shape}")
+            if nbytes > MAX_TIFF_BYTES:
+                raise corrupt(f"it describes a {nbytes / 2**30:.0f} GiB image of shape "
+                              f"{shape}, more than {MAX_TIFF_BYTES / 2**30:.0f} GiB")
+            data = series.asarray()
+    except ValueError as exc:
+        if str(exc).startswith(f"cannot read {path}"):
+            raise
+        raise corrupt(exc) from exc
+    except Exception as exc:  # tifffile raises many types on damaged files
+        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        logger.removeHandler(log)
+        logger.propagate = propagate
+    if log.errors:
+        raise corrupt(log.errors[0])
+    if data.shape != shape:  # tifffile could not decode all of the pixels it announced
+        raise corrupt(log.warnings[0] if log.warnings else
+                      f"{data.shape} pixels read, {shape} announced")
+    return data
 
 
 def read_labels(path: str | os.PathLike, *, allow_pickle: bool = True) -> np.ndarray:
@@ -150,6 +212,8 @@ def read_labels(path: str | os.PathLike, *, allow_pickle: bool = True) -> np.nda
     if path.suffix.lower() not in MASK_EXTENSIONS:
         allowed = MASK_EXTENSIONS + (".npy",)
         raise ValueError(f"cannot read labels {path}: extension {path.suffix!r} is not one of {allowed}")
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        return check_labels(_read_tiff(path, allow_bool=True), source=path, keep_dtype=True)
     return check_labels(read_image(path), source=path, keep_dtype=True)
 
 

@@ -19,6 +19,7 @@ from .device import resolve_device
 from .download import CELLPOSE_FILES, find_cellpose_weights
 from .folder import _load_checked, _read_weights
 from .network import DIAM_MEAN, CellposeUNet, ModelConfig
+from .record import check_number
 
 # Cellpose ignores the diam_mean stored in its built-in files and uses these values.
 CELLPOSE_DIAM_MEAN = {"cyto3": DIAM_MEAN, "cyto2": DIAM_MEAN, "cyto": DIAM_MEAN, "nuclei": 17.0}
@@ -107,6 +108,11 @@ def _cellpose_config(state_dict: Mapping[str, torch.Tensor], diam_mean: float) -
     if first not in state_dict or "output.2.weight" not in state_dict:
         raise ValueError(f"not a Cellpose CPnet state dict: no {first!r} or 'output.2.weight' "
                          f"(first keys: {list(state_dict)[:3]})")
+    for key in (first, "output.2.weight", "downsample.down.res_down_0.conv.conv_0.2.weight"):
+        shape = tuple(state_dict[key].shape) if key in state_dict else None
+        if shape is None or len(shape) != 4:  # the shapes the architecture is read from
+            raise ValueError(f"{key} must be a convolution weight (out, in, k, k); got "
+                             f"{'none' if shape is None else f'shape {shape}'}")
     features, i = [], 0
     while f"downsample.down.res_down_{i}.proj.1.weight" in state_dict:
         features.append(state_dict[f"downsample.down.res_down_{i}.proj.1.weight"].shape[0])
@@ -142,12 +148,26 @@ def from_cellpose_state_dict(state_dict: Mapping[str, torch.Tensor], *,
     True
     """
     if diam_mean is None:
-        diam_mean = float(state_dict["diam_mean"][0]) if "diam_mean" in state_dict else DIAM_MEAN
+        diam_mean = _stored_diameter(state_dict, "diam_mean") if "diam_mean" in state_dict \
+            else DIAM_MEAN
     model = CellposeUNet(_cellpose_config(state_dict, diam_mean))
     _load_checked(model, from_cellpose_keys(state_dict), "Cellpose state dict")
     if "diam_labels" in state_dict:
-        model.record = model.record.replace(diam_labels=float(state_dict["diam_labels"][0]))
+        model.record = model.record.replace(diam_labels=_stored_diameter(state_dict,
+                                                                         "diam_labels"))
     return model.eval()
+
+
+def _stored_diameter(state_dict: Mapping[str, torch.Tensor], key: str) -> float:
+    """The diameter (px) a CPnet state dict stores as ``key``: a one-element tensor,
+    finite and > 0 (CPnet keeps ``diam_mean`` and ``diam_labels`` as parameters)."""
+    value = state_dict[key]
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{key} must hold one number of pixels; got {shape}")
+    number = float(value.reshape(-1)[0])
+    check_number(key, number, low=0, open_low=True)
+    return number
 
 
 # --- CPnet weight files ---------------------------------------------------------------
@@ -190,7 +210,7 @@ def load_cellpose_weights(path_or_name: str | os.PathLike, *,
     state = _read_weights(path)
     try:
         model = from_cellpose_state_dict(state, diam_mean=diam_mean)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError) as err:  # not CPnet's names, shapes or diameters
         raise ValueError(f"{path}: {err}") from err
     return model.to(resolve_device(device))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,9 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cellpose_nb.atomic import write_files
+
 from .device import resolve_device
 from .network import CellposeUNet, ModelConfig
-from .record import ModelRecord
+from .record import ModelRecord, check_field, check_number
 
 FORMAT_NAME = "cellpose_nb.model"  # written into config.json and the safetensors metadata
 FORMAT_VERSION = 1  # bump when the folder layout or the parameter names change
@@ -34,6 +37,16 @@ RECORD_FILES = {"training": TRAINING_FILE, "thresholds": THRESHOLDS_FILE,
                 "input_recipe": INPUT_FILE, "size_model": SIZE_MODEL_FILE}
 _PRETRAINED = importlib.resources.files("cellpose_nb") / "pretrained"  # package data: <name>/
 PRETRAINED_DIR = Path(str(_PRETRAINED))  # as a Path: the real folder of a normal install
+# every file save() may write; nothing else in a model folder is ours to replace or remove
+MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE, *RECORD_FILES.values())
+
+
+def _reason(err: BaseException) -> str:
+    """One line on why a file could not be read: the exception's type and first sentence
+    (torch's unpickling errors are a page of advice before the reason)."""
+    text = str(err).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0].split('. ')[0] if lines else 'no data'}"
 
 
 # --- reading weights ------------------------------------------------------------------
@@ -69,11 +82,16 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # each format has its own errors; all mean "not weights"
         raise ValueError(f"{path} is not a readable model weights file (corrupt, truncated "
-                         f"or another format): {type(err).__name__}: {err}") from err
+                         f"or another format): {_reason(err)}") from err
     if not isinstance(state, Mapping) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ValueError(f"{path} does not hold a state dict of named tensors "
                          f"(got {type(state).__name__})")
+    for key, value in state.items():  # NaN weights would give NaN outputs: no cells, no error
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            n_bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{path}: {key} holds {n_bad} NaN or inf values; the file "
+                             f"is damaged")
     return dict(state)
 
 
@@ -93,9 +111,62 @@ def _to_json(obj) -> str:
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not JSON, or not even text
+        raise ValueError(f"{path} is not valid JSON: {_reason(err)}") from err
 
+
+def _read_config(path: Path) -> tuple[ModelConfig, float]:
+    """The architecture and ``diam_labels`` in a config.json; errors name the file and field."""
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path} has no 'config' entry (a JSON object of ModelConfig fields)")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or version < 1:
+        raise ValueError(f"{path}: format_version must be a positive integer; got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {version}, newer "
+                         f"than this cellpose_nb reads ({FORMAT_VERSION}); upgrade cellpose_nb")
+    fields = meta["config"]
+    try:
+        # ModelConfig converts what it is given (int(4.5), float("nan")): check the JSON first
+        features = fields.get("features")
+        if "features" in fields and not (isinstance(features, list) and features
+                                         and all(_is_int(f) and f > 0 for f in features)):
+            raise ValueError(f"config.features must be a non-empty list of positive integers; "
+                             f"got {features!r}")
+        for name in ("n_channels", "n_out", "kernel_size"):
+            if name in fields and not (_is_int(fields[name]) and fields[name] > 0):
+                raise ValueError(f"config.{name} must be a positive integer; "
+                                 f"got {fields[name]!r}")
+        if "diam_mean" in fields:
+            check_number("config.diam_mean", fields["diam_mean"], low=0, open_low=True)
+        config = ModelConfig.from_dict(fields)
+        diam_labels = meta.get("diam_labels", config.diam_mean)
+        check_number("diam_labels", diam_labels, low=0, open_low=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err
+    return config, float(diam_labels)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _read_record_file(path: Path, field: str, config: ModelConfig):
+    """The value of record field ``field`` stored in ``path`` (None when absent), checked."""
+    if not path.is_file():
+        return None
+    value = _read_json(path)
+    try:
+        value = check_field(field, value)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    style_width = config.features[-1]  # one style value per channel of the deepest scale
+    if field == "size_model" and len(value["coef"]) != style_width:
+        raise ValueError(f"{path}: coef has {len(value['coef'])} values but the model's "
+                         f"style vector has {style_width}; the size model belongs to "
+                         f"another model")
+    return value
 
 
 def save(model: CellposeUNet, folder: str | os.PathLike, *, overwrite: bool = False,
@@ -110,9 +181,13 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, overwrite: bool = Fa
     folder : path
         Created if needed.
     overwrite : bool
-        Without it an existing target file raises FileExistsError and nothing is
-        written.  With it, a stale record file (training.json, thresholds.json, ...)
-        that this call does not replace is deleted, so that :func:`load` cannot pick it up.
+        Without it, any file of a model folder (:data:`MODEL_FILES`) already
+        there raises FileExistsError and nothing is written.  With it, those
+        files are replaced: the new ones are written to temporary files first
+        and renamed over the old ones only when all are written, and a record
+        file that this call does not write (a field that is now None) is
+        removed, so that :func:`load` cannot pick it up.  Other files in the
+        folder are never touched.
     dtype : torch.dtype or str, optional
         Storage dtype of the floating-point weights, e.g. ``torch.float16`` to
         halve the file; :func:`load` returns float32 parameters either way.
@@ -121,6 +196,14 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, overwrite: bool = Fa
     -------
     Path
         The folder.
+
+    Raises
+    ------
+    FileExistsError
+        A model file exists and not ``overwrite``.
+    ValueError
+        A record value that :func:`load` would refuse (a NaN threshold, ...),
+        before anything is written.
 
     Examples
     --------
@@ -137,31 +220,42 @@ def save(model: CellposeUNet, folder: str | os.PathLike, *, overwrite: bool = Fa
     if dtype is not None and not (isinstance(storage, torch.dtype) and storage.is_floating_point):
         raise ValueError(f"dtype must be a floating torch dtype such as torch.float16, "
                          f"got {dtype!r}")
-    record = model.record
-    extras = {name: getattr(record, field) for field, name in RECORD_FILES.items()}
-    targets = [WEIGHTS_FILE, CONFIG_FILE] + [f for f, v in extras.items() if v is not None]
     if not overwrite:
-        for name in targets:
+        for name in MODEL_FILES:
             if (folder / name).exists():
                 raise FileExistsError(f"{folder / name} exists; pass overwrite=True to replace it")
-    folder.mkdir(parents=True, exist_ok=True)
+    record = model.record
+    for field in ("diam_labels", *RECORD_FILES):  # never write a file that load() refuses
+        try:
+            check_field(field, getattr(record, field))
+        except ValueError as err:
+            raise ValueError(f"cannot save {folder}: model.record.{field}: {err}") from None
 
     import safetensors.torch
 
     state = {k: v.detach().to("cpu", storage if storage and v.is_floating_point() else v.dtype)
              .contiguous() for k, v in model.state_dict().items()}
-    safetensors.torch.save_file(state, folder / WEIGHTS_FILE, metadata={
-        "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
     diam_labels = model.config.diam_mean if record.diam_labels is None else record.diam_labels
-    (folder / CONFIG_FILE).write_text(_to_json({
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(), "diam_labels": float(diam_labels)}))
-    for name, value in extras.items():
-        if value is not None:
-            (folder / name).write_text(_to_json(value))
-        elif overwrite:
+    contents = {  # file name -> bytes
+        WEIGHTS_FILE: safetensors.torch.save(state, metadata={
+            "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}),
+        CONFIG_FILE: _to_json({"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                               "config": model.config.to_dict(),
+                               "diam_labels": float(diam_labels)}).encode()}
+    for field, name in RECORD_FILES.items():
+        if getattr(record, field) is not None:
+            contents[name] = _to_json(getattr(record, field)).encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    # all files or none, each whole at any time (cellpose_nb.atomic)
+    write_files({folder / name: _writer(data) for name, data in contents.items()}, overwrite=True)
+    for name in RECORD_FILES.values():  # a field that is now None: its old file would be read
+        if name not in contents:
             (folder / name).unlink(missing_ok=True)
     return folder
+
+
+def _writer(data: bytes):
+    return lambda tmp: tmp.write_bytes(data)
 
 
 def load(folder: str | os.PathLike, *, device: str | torch.device | None = None) -> CellposeUNet:
@@ -181,7 +275,10 @@ def load(folder: str | os.PathLike, *, device: str | torch.device | None = None)
     FileNotFoundError
         Missing folder, config.json or weights file.
     ValueError
-        Unreadable config or weights, or weights of another architecture.
+        A file that is not what its name says, naming the file and the field:
+        unreadable or non-JSON files, corrupt or NaN weights, weights of another
+        architecture, a config, threshold, size model or input recipe value
+        out of its range (see :func:`cellpose_nb.model.record.check_field`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -191,23 +288,16 @@ def load(folder: str | os.PathLike, *, device: str | torch.device | None = None)
         raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}, so it is not a model folder "
                                 f"written by cellpose_nb.model.save (it holds "
                                 f"{sorted(p.name for p in folder.iterdir())})")
-    meta = _read_json(config_path)
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise ValueError(f"{config_path} has no 'config' entry")
-    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ValueError(f"{config_path} has format_version {meta['format_version']}, newer "
-                         f"than this cellpose_nb reads ({FORMAT_VERSION}); upgrade cellpose_nb")
-    config = ModelConfig.from_dict(meta["config"])
+    config, diam_labels = _read_config(config_path)
     candidates = [folder / n for n in (WEIGHTS_FILE, *TORCH_WEIGHTS_FILES)]
     weights = next((p for p in candidates if p.is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{folder} has no weights file ({WEIGHTS_FILE})")
     model = CellposeUNet(config)
     _load_checked(model, _read_weights(weights), weights)
-    model.record = ModelRecord(
-        diam_labels=float(meta.get("diam_labels", config.diam_mean)),
-        **{field: _read_json(folder / name) if (folder / name).is_file() else None
-           for field, name in RECORD_FILES.items()})
+    model.record = ModelRecord(diam_labels=diam_labels, **{
+        field: _read_record_file(folder / name, field, config)
+        for field, name in RECORD_FILES.items()})
     return model.to(resolve_device(device)).eval()
 
 

@@ -294,6 +294,24 @@ class CellposeUNet(nn.Module):
             x = self.decoder[i](x, skips[i], style)
         return self.head(x), style
 
+    def with_diam_mean(self, diam_mean: float) -> CellposeUNet:
+        """A copy with the same weights that expects cells of ``diam_mean`` px.
+
+        For fine-tuning at a new scale: ``diam_mean`` only sets how images are
+        zoomed, so the weights carry over, while the size model and the tuned
+        thresholds, which belong to the old scale, are dropped (training refits
+        them).  The training lineage is kept.
+
+        >>> net = CellposeUNet(ModelConfig(features=(8, 16)))
+        >>> net.with_diam_mean(40).config.diam_mean, net.config.diam_mean
+        (40.0, 30.0)
+        """
+        copy = CellposeUNet(dataclasses.replace(self.config, diam_mean=diam_mean))
+        copy.load_state_dict(self.state_dict())
+        copy.record = self.record.replace(diam_labels=copy.config.diam_mean,
+                                          size_model=None, thresholds=None)
+        return copy.to(next(self.parameters()).device)
+
     def _check_input(self, x: torch.Tensor) -> None:
         shape, m = tuple(x.shape), self.config.size_multiple
         if x.ndim != 4 or shape[1] != self.config.n_channels:

@@ -17,11 +17,12 @@ import numbers
 import numpy as np
 import torch
 
-from cellpose_nb.masks import MIN_SIZE
+from cellpose_nb.masks import CELLPROB_LIMIT, FLOW_LIMIT, MIN_SIZE
 from cellpose_nb.predict.net import PRECISION, PRECISIONS
 from cellpose_nb.predict.tiles import PAD_MULTIPLE, TILE_OVERLAP, TILE_SIZE
 
 __all__ = ["SegmentConfig"]
+
 
 
 def _is_bool(v):
@@ -82,11 +83,12 @@ class SegmentConfig:
             ("precision", isinstance(self.precision, str) and self.precision in PRECISIONS,
              f"one of {list(PRECISIONS)}"),
             ("cellprob_threshold", self.cellprob_threshold is None
-             or (_is_real(self.cellprob_threshold) and math.isfinite(self.cellprob_threshold)),
-             "None or a finite number"),
+             or (_is_real(self.cellprob_threshold)
+                 and abs(self.cellprob_threshold) <= CELLPROB_LIMIT),
+             f"None or a logit in [-{CELLPROB_LIMIT:g}, {CELLPROB_LIMIT:g}]"),
             ("flow_threshold", self.flow_threshold is None
-             or (_is_real(self.flow_threshold) and self.flow_threshold >= 0),
-             "None or a number >= 0"),
+             or (_is_real(self.flow_threshold) and 0 <= self.flow_threshold <= FLOW_LIMIT),
+             f"None or a number in [0, {FLOW_LIMIT:g}] (0: no flow check)"),
             ("min_size", _is_int(self.min_size), "an integer number of pixels"),
             ("n_iter", self.n_iter is None or (_is_int(self.n_iter) and self.n_iter >= 0),
              "None or an integer >= 0"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,11 +21,52 @@ from cellpose_nb.model.record import record_field
 from cellpose_nb.predict._compat import _data_first
 from cellpose_nb.predict.net import _masks_at_scale, predict_flows
 
-__all__ = ["MIN_DIAMETER", "SIZE_MODEL_FILE", "SizeModel", "DiameterEstimate",
+__all__ = ["MIN_DIAMETER", "MAX_ZOOM", "MAX_ZOOMED_PIXELS", "SIZE_MODEL_FILE", "check_diameter", "SizeModel", "DiameterEstimate",
            "median_diameter", "load_size_model", "estimate_diameter"]
 
 MIN_DIAMETER = 5.0  # Cellpose clamps training diameters and size estimates to >= 5 px
 SIZE_MODEL_FILE = "size_model.json"
+#: an image is zoomed by at most this factor (diam_mean / diameter): smaller cells
+#: are below what the network can resolve, and the zoomed image grows as its square
+MAX_ZOOM = 10.0
+#: the zoomed image may have at most this many pixels (its outputs take 12 bytes each)
+MAX_ZOOMED_PIXELS = 2**28
+
+
+def check_diameter(diameter, shape, diam_mean) -> float:
+    """``diameter`` as a float, if an image of ``shape`` (H, W) can be segmented at it.
+
+    The image is zoomed by ``diam_mean / diameter``: the diameter must be
+    finite, at least ``diam_mean / MAX_ZOOM``, at most the image's longer side
+    (a cell has to fit in the image), and the zoomed image must have at most
+    ``MAX_ZOOMED_PIXELS`` pixels.  Raises ValueError naming the allowed range.
+
+    Examples
+    --------
+    >>> check_diameter(12, (64, 64), 17.0)
+    12.0
+    >>> check_diameter(1e6, (64, 64), 17.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: diameter=1e+06 px is out of range for a 64 x 64 image and a model of diam_mean 17 px: use 1.7 to 64 px (or None to estimate it)
+    """
+    h, w = shape
+    low, high = diam_mean / MAX_ZOOM, float(max(h, w))
+    try:
+        d = float(diameter)
+    except (TypeError, ValueError):
+        raise TypeError(f"diameter must be a number of pixels or None; got {diameter!r}") from None
+    if not (math.isfinite(d) and low <= d <= high):
+        raise ValueError(f"diameter={d:g} px is out of range for a {h} x {w} image "
+                         f"and a model of diam_mean {diam_mean:g} px: use {low:.2g} to "
+                         f"{high:g} px (or None to estimate it)")
+    zoomed = h * w * (diam_mean / d) ** 2
+    if zoomed > MAX_ZOOMED_PIXELS:
+        raise ValueError(f"diameter={d:g} px would zoom the {h} x {w} image to {zoomed / 1e6:.0f} "
+                         f"Mpx (at most {MAX_ZOOMED_PIXELS / 1e6:.0f}); use a diameter of at "
+                         f"least {diam_mean * math.sqrt(h * w / MAX_ZOOMED_PIXELS):.3g} px, or "
+                         "segment the image in parts")
+    return d
 
 
 def median_diameter(labels) -> float:

@@ -18,7 +18,7 @@ from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, compute_masks
 from cellpose_nb.model.record import record_field
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict.config import SegmentConfig
-from cellpose_nb.predict.diameter import _stored_size_model, estimate_diameter
+from cellpose_nb.predict.diameter import _stored_size_model, check_diameter, estimate_diameter
 from cellpose_nb.predict.net import n_iter_for, predict_flows
 
 __all__ = ["Segmentation", "InputKnobs", "segment", "segment_many", "input_knobs"]
@@ -69,22 +69,19 @@ def _input_notes(image, channels, channel_axis):
 
 
 def _resolve_diameter(model, x, diameter):
-    if diameter is not None:
-        d = float(diameter)
-        if not (math.isfinite(d) and d > 0):
-            raise ValueError(f"diameter must be a positive number of pixels (or None to "
-                             f"estimate it); got {diameter!r}")
-        return d
     diam_mean = float(model.config.diam_mean)
+    if diameter is not None:
+        return check_diameter(diameter, x.shape[-2:], diam_mean)
     size_model = _stored_size_model(model)
     if size_model is None:
         reason = ("the model has no size model (fit one with "
                   "cellpose_nb.train.fit_size_model)")
     else:
         d = float(estimate_diameter(x, model, size_model=size_model).diameter)
-        if math.isfinite(d) and d > 0:
-            return d
-        reason = f"the size model returned {d}"
+        try:
+            return check_diameter(d, x.shape[-2:], diam_mean)
+        except ValueError as exc:
+            reason = f"the size model's estimate cannot be used: {exc}"
     warnings.warn(f"diameter=None: {reason}; using the model's diam_mean = {diam_mean:g} px. "
                   "Pass diameter= to set the cell size.", UserWarning, stacklevel=3)
     return diam_mean
@@ -97,8 +94,12 @@ def _thresholds(model, cellprob_threshold, flow_threshold):
     for name, keys in THRESHOLD_KEYS.items():
         if chosen[name] is None:
             found = [tuned[k] for k in keys if k in tuned]
-            chosen[name] = float(found[0]) if found else defaults[name]
-    return chosen
+            chosen[name] = found[0] if found else defaults[name]
+    try:  # the model's tuned values get the same range checks as the caller's
+        SegmentConfig(**chosen)
+    except ValueError as exc:
+        raise ValueError(f"the model's tuned thresholds {tuned}: {exc}") from None
+    return {k: float(v) for k, v in chosen.items()}
 
 
 class InputKnobs(NamedTuple):
@@ -206,6 +207,9 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None, in
     """
     cfg = _config_of(config, knobs)
     if isinstance(image, list):
+        if not all(isinstance(im, np.ndarray) for im in image):
+            raise TypeError("a list given as the image must hold numpy arrays, one per image; "
+                            "for one image given as nested lists pass np.asarray(image)")
         return [segment(im, model, diameter=diameter, channels=channels,
                         channel_axis=channel_axis, invert=invert, config=cfg) for im in image]
     channels, invert = input_knobs(model, channels, invert)

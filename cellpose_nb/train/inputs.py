@@ -9,7 +9,7 @@ image is zoomed so that its objects have the model's ``diam_mean``.
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from cellpose_nb.atomic import write_bytes, write_file
 from cellpose_nb.flows import check_labels, masks_to_flows
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict import DEFAULT_CHANNELS, MIN_DIAMETER, median_diameter
@@ -57,8 +58,11 @@ def cached_flows(labels_list, *, cache_dir=None, progress=False) -> list[np.ndar
     ----------
     labels_list : sequence of ndarray (H, W) of int
     cache_dir : path, optional
-        Folder of ``<sha256 of the labels>.npy`` files: flows found there are
-        read, the others computed and written.
+        Folder of ``<sha256 of the labels>.npy`` files, each with a
+        ``<same>.json`` that holds the SHA-256 of its labels and of the flows:
+        flows found there are read, the others computed and written.  Cached
+        flows that are unreadable, of the wrong shape, or do not match their
+        labels or checksum are named in a warning and recomputed.
     progress : bool
         tqdm bar over the images.
 
@@ -77,25 +81,58 @@ def cached_flows(labels_list, *, cache_dir=None, progress=False) -> list[np.ndar
         folder.mkdir(parents=True, exist_ok=True)
     out = []
     for labels in tqdm(labels_list, desc="flows", disable=not progress, leave=False):
-        path = None if folder is None else folder / f"{_labels_key(labels)}.npy"
-        if path is not None and path.is_file():
-            try:
-                cached = np.load(path)
-            except (OSError, ValueError) as exc:  # truncated or corrupt: recompute it
-                warnings.warn(f"cached flows {path} are unreadable ({exc}); recomputing them")
-            else:
-                if cached.shape == (2, *np.shape(labels)):
-                    out.append(cached)
-                    continue
-                warnings.warn(f"cached flows {path} have shape {cached.shape}, not "
-                              f"{(2, *np.shape(labels))}; recomputing them")
+        key = None if folder is None else _labels_key(labels)
+        path = None if folder is None else folder / f"{key}.npy"
+        cached = None if path is None else _read_cached_flows(path, key, np.shape(labels))
+        if cached is not None:
+            out.append(cached)
+            continue
         flows = masks_to_flows(labels)
         if path is not None:
-            tmp = path.with_name(path.stem + ".tmp.npy")
-            np.save(tmp, flows)
-            os.replace(tmp, path)
+            _write_cached_flows(path, key, flows)
         out.append(flows)
     return out
+
+
+def _flows_digest(flows) -> str:
+    digest = hashlib.sha256(f"{flows.shape}{flows.dtype}".encode())
+    digest.update(np.ascontiguousarray(flows).tobytes())
+    return digest.hexdigest()
+
+
+def _read_cached_flows(path, key, shape):
+    """The flows cached in ``path`` for the labels of hash ``key`` and ``shape``, or None
+    when there are none, or (with a warning naming the file) when they cannot be trusted."""
+    if not path.is_file():
+        return None
+    record = path.with_suffix(".json")  # what the flows were computed from, and their hash
+    try:
+        cached = np.load(path)
+        meta = json.loads(record.read_text())
+    except FileNotFoundError:
+        problem = f"have no {record.name} (the checksum of their labels and flows)"
+    except (OSError, ValueError) as exc:  # truncated or corrupt
+        problem = f"are unreadable ({exc})"
+    else:
+        meta = meta if isinstance(meta, dict) else {}
+        if cached.shape != (2, *shape):
+            problem = f"have shape {cached.shape}, not {(2, *shape)}"
+        elif meta.get("labels_sha256") != key:
+            problem = f"were computed from other labels than theirs ({record.name})"
+        elif meta.get("flows_sha256") != _flows_digest(cached):
+            problem = f"do not match their checksum in {record.name}"
+        else:
+            return cached
+    warnings.warn(f"cached flows {path} {problem}; recomputing them", stacklevel=3)
+    return None
+
+
+def _write_cached_flows(path, key, flows):
+    """Write the flows, then their checksum record, each whole (:mod:`cellpose_nb.atomic`):
+    an interrupted write leaves flows without a record, which are recomputed."""
+    write_file(path, lambda tmp: np.save(tmp, flows), overwrite=True)
+    record = {"labels_sha256": key, "flows_sha256": _flows_digest(flows)}
+    write_bytes(path.with_suffix(".json"), json.dumps(record).encode(), overwrite=True)
 
 
 def data_hash(images, labels) -> str:
@@ -156,19 +193,27 @@ def split_train_val(n, *, val_fraction=VAL_FRACTION, seed=0, strata=None) -> Tra
     return TrainValSplit(np.setdiff1d(np.arange(n), val_idx), val_idx)
 
 
-def _check_inputs(images, labels, n_channels, what):
+def _check_inputs(images, labels, n_channels, what, names=None):
+    """The images as float32 network inputs and the labels checked; an error names the
+    item by its index and, when given, its name ("training image 3 (s3)")."""
     if len(images) != len(labels):
         raise ValueError(f"{what}: {len(images)} images but {len(labels)} label images")
     checked_images, checked_labels = [], []
     for k, (image, lab) in enumerate(zip(images, labels)):
+        item = f"{k} ({names[k]})" if names is not None and k < len(names) else f"{k}"
         x = np.asarray(image)
         if x.ndim != 3 or x.shape[0] != n_channels:
-            raise ValueError(f"{what} image {k} has shape {x.shape}; expected network inputs "
+            raise ValueError(f"{what} image {item} has shape {x.shape}; expected network inputs "
                              f"({n_channels}, H, W): use prepare_images(images, channels=...)")
-        lab = check_labels(lab, name=f"{what} labels {k}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():  # would make the loss NaN at a random later batch
+            raise ValueError(f"{what} image {item} contains {int((~np.isfinite(x)).sum())} "
+                             f"NaN or inf values; fix or mask them first")
+        lab = check_labels(lab, name=f"{what} labels {item}")
         if lab.shape != x.shape[1:]:
-            raise ValueError(f"{what} image {k} is {x.shape[1:]} but its labels are {lab.shape}")
-        checked_images.append(np.ascontiguousarray(x, dtype=np.float32))
+            raise ValueError(f"{what} image {item} is {x.shape[1:]} but its labels are "
+                             f"{lab.shape}")
+        checked_images.append(x)
         checked_labels.append(lab)
     return checked_images, checked_labels
 

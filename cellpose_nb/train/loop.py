@@ -20,10 +20,13 @@ from tqdm.auto import tqdm
 from cellpose_nb import model as model_io
 from cellpose_nb._alloc import reuse_freed_memory
 from cellpose_nb.metrics import average_precision
+from cellpose_nb.model.folder import _load_checked, _reason
 from cellpose_nb.predict.net import _masks_at_scale
 from cellpose_nb.train.checkpoint import (
+    _ADVICE,
     _atomic_torch_save,
     _check_resumable,
+    _read_checkpoint,
     _versions,
     _write_history,
 )
@@ -94,33 +97,49 @@ def _split_val_data(val_data):
     return images, labels, names[0] if names else None
 
 
-def _run_folder(out_dir, resume):
-    """``(out, checkpoint)`` paths of a run (None without ``out_dir``), checked against ``resume``."""
+def _run_folder(out_dir, resume, overwrite=False):
+    """``(out, checkpoint)`` paths of a run (None without ``out_dir``), checked before any
+    work: an earlier run in ``out_dir`` is continued (``resume``), started again
+    (``overwrite``) or refused.  Creates nothing."""
+    if resume and overwrite:
+        raise ValueError("resume=True (--resume) continues the run in out_dir and "
+                         "overwrite=True (--overwrite) starts it again: pass one of them")
     out = None if out_dir is None else Path(out_dir)
     checkpoint = None if out is None else out / CHECKPOINT_FILE
-    if resume and (checkpoint is None or not checkpoint.is_file()):
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    if resume and not checkpoint.is_file():
         raise FileNotFoundError(f"resume=True but there is no checkpoint {checkpoint}")
-    if not resume and checkpoint is not None and checkpoint.exists():
-        raise FileExistsError(f"{checkpoint} exists: pass resume=True to continue that run, "
-                              f"or choose another out_dir")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None and out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {out} is a file; give a folder for the run")
+    if out is not None and not (resume or overwrite):
+        # what a run writes there; flows/ is a cache that any run may reuse
+        earlier = [name for name in (CHECKPOINT_FILE, HISTORY_FILE, MODEL_DIR)
+                   if (out / name).exists()]
+        if earlier:
+            go_on = ("pass resume=True (--resume) to continue it, "
+                     if CHECKPOINT_FILE in earlier else "")
+            raise FileExistsError(f"{out} holds an earlier training run ({', '.join(earlier)}): "
+                                  f"{go_on}overwrite=True (--overwrite) to replace it, or "
+                                  f"choose another out_dir")
     return out, checkpoint
 
 
-def _resume(run, checkpoint, config, digest, device):
-    """Load weights, optimizer (and loss scaler) state from ``checkpoint``; ``(history, epoch)``."""
-    saved = torch.load(checkpoint, map_location=device, weights_only=True)
-    _check_resumable(saved, config, digest)
-    run.model.load_state_dict(saved["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
-    if run.scaler is not None and saved.get("scaler"):
-        run.scaler.load_state_dict(saved["scaler"])
+def _resume(run, saved, checkpoint):
+    """Load the optimizer (and loss scaler) state of the checkpoint; ``(history, epoch)``."""
+    try:
+        run.optimizer.load_state_dict(saved["optimizer"])
+        if run.scaler is not None and saved.get("scaler"):
+            run.scaler.load_state_dict(saved["scaler"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"the checkpoint {checkpoint}: its optimizer state does not fit this "
+                         f"run ({_reason(exc)}); {_ADVICE}") from exc
     return list(saved["history"]), int(saved["epoch"])
 
 
 def train(images, labels, model=None, *, config=None, val_data=None, names=None,
-          out_dir=None, resume=False, progress=True, command=None) -> TrainResult:
+          out_dir=None, resume=False, overwrite=False, progress=True,
+          command=None) -> TrainResult:
     """Train a network the Cellpose way.
 
     Parameters
@@ -147,12 +166,18 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
         (model, optimizer, epoch, history; every ``save_every`` epochs, on
         Ctrl-C and at the end), ``flows/`` (cached flows) and at the end
         ``model/`` (:func:`cellpose_nb.model.save` with the training record).
-        An existing checkpoint is never overwritten unless ``resume``.
+        A folder that holds an earlier run (checkpoint, history or model) is
+        refused, before any work, unless ``resume`` or ``overwrite``.
     resume : bool
         Continue from ``out_dir/checkpoint.pt``.  With the same config and
         data the result equals an uninterrupted run (unless the checkpoint
         was written on Ctrl-C in the middle of an epoch: that epoch restarts
-        from the partly updated weights).
+        from the partly updated weights).  A checkpoint that is unreadable,
+        lacks an entry or holds another architecture's weights raises a
+        ValueError naming it.
+    overwrite : bool
+        Start again in an ``out_dir`` that holds an earlier run, replacing
+        its checkpoint, history and model files (other files are kept).
     progress : bool
         tqdm bar over the epochs, with the last losses as postfix.
     command : str or sequence of str, optional
@@ -165,6 +190,11 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
 
     Raises
     ------
+    FileExistsError
+        ``out_dir`` holds an earlier run and neither ``resume`` nor ``overwrite``.
+    ValueError
+        Bad inputs (naming the image: "training image 3"), or a checkpoint that
+        cannot be resumed (naming it and what is wrong).
     RuntimeError
         If the loss becomes NaN or infinite (names the epoch and batch).
     KeyboardInterrupt
@@ -185,15 +215,18 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
     """
     t_call = time.perf_counter()  # max_minutes counts from here (flows included)
     config = TrainConfig() if config is None else config
+    out, checkpoint = _run_folder(out_dir, resume, overwrite)
     model = _network(model, config)
     val_images, val_labels, val_names = _split_val_data(val_data)
+    names = list(names) if names is not None else None
     n_channels = model.config.n_channels
-    images, labels = _check_inputs(images, labels, n_channels, "training")
+    images, labels = _check_inputs(images, labels, n_channels, "training", names)
     if len(images) == 0:
         raise ValueError("no training images given")
     have_val = val_images is not None and len(val_images) > 0
     if have_val:
-        v_images, v_labels = _check_inputs(val_images, val_labels, n_channels, "validation")
+        v_images, v_labels = _check_inputs(val_images, val_labels, n_channels, "validation",
+                                           val_names)
     diam_mean = model.config.diam_mean if config.diam_mean is None else float(config.diam_mean)
     if diam_mean != model.config.diam_mean:
         raise ValueError(f"config.diam_mean={config.diam_mean} differs from the model's "
@@ -203,10 +236,15 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
     # a model that was trained before (fine-tuning, or training in stages): keep its
     # record inside the new one, so that the whole lineage travels with the weights
     previous_record = model.record.training
-    names = list(names) if names is not None else None
     images, labels, names, kept = _drop_sparse(images, labels, names, config.min_train_masks)
-
-    out, checkpoint = _run_folder(out_dir, resume)
+    saved = None
+    if resume:  # the whole checkpoint is read and checked before the flows are computed
+        saved = _read_checkpoint(checkpoint)
+        _check_resumable(saved, config, digest, checkpoint)
+        # its weights: those of another architecture are refused, naming key and shapes
+        _load_checked(model, saved["model"], f"the checkpoint {checkpoint}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
 
     device = model_io.resolve_device(config.device)
     # on the CPU, reuse the heap for the activations of each step (cellpose_nb._alloc)
@@ -225,7 +263,7 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
                    "rescale": _rescale_factors(v_labels, diam_mean, config.rescale)[1]}
         history, start = [], 0
         if resume:
-            history, start = _resume(run, checkpoint, config, digest, device)
+            history, start = _resume(run, saved, checkpoint)
 
         state = {"epoch": start}
 

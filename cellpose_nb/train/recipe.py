@@ -18,7 +18,7 @@ from cellpose_nb import model as model_io
 from cellpose_nb.predict import MIN_DIAMETER, median_diameter, predict_flows
 from cellpose_nb.train.config import MODEL_DIR, InputRecipe, TrainConfig, TrainResult
 from cellpose_nb.train.inputs import _check_inputs, prepare_images, split_train_val
-from cellpose_nb.train.loop import _network, _split_val_data, train
+from cellpose_nb.train.loop import _network, _run_folder, _split_val_data, train
 from cellpose_nb.train.size_model import (
     SIZE_BATCH_SIZE,
     SIZE_L2,
@@ -108,8 +108,21 @@ def _read_samples(folder):
     return read_folder(folder)
 
 
+def _network_inputs(samples, recipe):
+    """:func:`prepare_images` of each sample; an error names the sample's image file."""
+    inputs = []
+    for s in samples:
+        try:
+            inputs += prepare_images([s.image], channels=recipe.channels,
+                                     channel_axis=recipe.channel_axis, invert=recipe.invert)
+        except (TypeError, ValueError) as exc:  # NaN pixels, a channel the image lacks, ...
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"{getattr(s, 'path', None) or s.name}: {exc}") from exc
+    return inputs
+
+
 def train_folder(folder, *, out_dir, config=None, model=None, input_recipe=None, val_names=None,
-                 resume=False, progress=True, command=None) -> TrainResult:
+                 resume=False, overwrite=False, progress=True, command=None) -> TrainResult:
     """Train a model on a Cellpose-style folder (``*_img.tif`` + ``*_masks.tif``).
 
     Reads it with :func:`cellpose_nb.data.read_folder`, splits train/val with
@@ -140,6 +153,9 @@ def train_folder(folder, *, out_dir, config=None, model=None, input_recipe=None,
         set instead of a random ``config.val_fraction``; every name must be in the folder.
     resume : bool
         Continue an interrupted run in ``out_dir``.
+    overwrite : bool
+        Start again in an ``out_dir`` that holds an earlier run (see :func:`train`);
+        without it or ``resume`` such a folder is refused before anything is read.
     progress : bool
     command : str or list of str, optional
         Recorded in training.json; default ``sys.argv``.
@@ -151,6 +167,7 @@ def train_folder(folder, *, out_dir, config=None, model=None, input_recipe=None,
         thresholds are not fitted yet; call again with ``resume=True``.
     """
     config = TrainConfig() if config is None else config
+    _run_folder(out_dir, resume, overwrite)  # refuse an earlier run before reading anything
     if input_recipe is None:
         input_recipe = InputRecipe()
     elif not isinstance(input_recipe, InputRecipe):
@@ -169,8 +186,7 @@ def train_folder(folder, *, out_dir, config=None, model=None, input_recipe=None,
     else:
         train_idx, val_idx = split_train_val(len(samples), val_fraction=config.val_fraction,
                                              seed=config.seed)
-    inputs = prepare_images([s.image for s in samples], channels=input_recipe.channels,
-                            channel_axis=input_recipe.channel_axis, invert=input_recipe.invert)
+    inputs = _network_inputs(samples, input_recipe)
     pick = lambda idx, seq: [seq[k] for k in idx]  # noqa: E731
     labels = [s.labels for s in samples]
     net = _network(model, config)
@@ -178,7 +194,7 @@ def train_folder(folder, *, out_dir, config=None, model=None, input_recipe=None,
     val_data = (pick(val_idx, inputs), pick(val_idx, labels), pick(val_idx, names))
     result = train(pick(train_idx, inputs), pick(train_idx, labels), net, config=config,
                    val_data=val_data, names=pick(train_idx, names), out_dir=out_dir,
-                   resume=resume, progress=progress,
+                   resume=resume, overwrite=overwrite, progress=progress,
                    command=command if command is not None else list(sys.argv))
     if result.completed:
         kept = result.model.record.training["kept_train_indices"]
