@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["write_file", "write_files", "write_bytes", "stale_temporaries"]
+__all__ = ["write_file", "write_files", "write_bytes", "stale_temporaries", "reworded"]
 
 #: a temporary of ours: ``.<stem>.<mkstemp's 8 random characters>.part<suffix>``
 _TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}\.part(?P<suffix>(\.[^.]*)?)")
@@ -41,14 +41,18 @@ def _umasked_mode() -> int:
     return 0o666 & ~umask
 
 
-def _named(exc: OSError, path: Path) -> OSError:
-    """The OSError ``exc`` again (same errno, so the same subclass), naming the file and folder.
+def reworded(exc: OSError, what: str) -> OSError:
+    """The OSError ``exc`` again (same errno, so the same subclass) as ``<what>: <reason>``.
 
-    A writer's own message often names no file ("No space left on device") or
+    A library's own message often names no file ("No space left on device") or
     our temporary; the user needs the target.
     """
-    message = f"cannot write {path.name} in {path.parent}: {exc.strerror or exc}"
+    message = f"{what}: {exc.strerror or exc}"
     return OSError(exc.errno, message) if exc.errno else OSError(message)
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    return reworded(exc, f"cannot write {path.name} in {path.parent}")
 
 
 def _stage(path: Path, write: Callable[[Path], None]) -> Path:

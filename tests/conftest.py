@@ -21,6 +21,17 @@ def _missing(message):
     pytest.skip(message)
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny networks run fastest, and least disturbed by a busy machine, on one thread."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def cellpose_ref():
     """The reference package ``cellpose`` (3.1.1.2), imported with its noise silenced."""

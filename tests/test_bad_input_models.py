@@ -29,12 +29,7 @@ TRAIN = ["--features", *map(str, FEATURES), "--diam-mean", str(DIAM), "--epochs"
          "--threads", "1", "--device", "cpu", "--no-amp", "--warmup", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _write_pairs(folder, n=3):
@@ -202,23 +197,33 @@ def model_dir(tmp_path):
     return M.save(_tiny_model(), tmp_path / "model")
 
 
+def _assert_one_line_naming(load, path, phrases):
+    """``load()`` raises a one-line ValueError that names ``path`` and holds every phrase."""
+    with pytest.raises(ValueError) as info:
+        load()
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    for phrase in phrases:
+        assert phrase in message, (phrase, message)
+
+
+def _segment_with(tmp_path, model):
+    """Exit code of ``cellpose-nb segment`` of one synthetic image with ``--model model``."""
+    image = tmp_path / "a_img.tif"
+    tifffile.imwrite(image, make_synthetic((64, 64), n_cells=5, diameter=DIAM, seed=0).image)
+    return main(["segment", str(image), "--out", str(tmp_path / "out"), "--model", model,
+                 "--diameter", str(DIAM)])
+
+
 @pytest.mark.parametrize("case, damage, phrases", MODEL_ROWS, ids=[r[0] for r in MODEL_ROWS])
 def test_a_bad_model_file_is_named_with_its_field(model_dir, tmp_path, capsys, case, damage,
                                                   phrases):
     assert M.load(model_dir).record.thresholds  # the folder is good before the damage
     damage(model_dir)
     before = _snapshot(model_dir)
-    with pytest.raises(ValueError) as info:
-        M.load(model_dir)
-    message = str(info.value)
-    assert str(model_dir) in message and "\n" not in message
-    for phrase in phrases:
-        assert phrase in message, (phrase, message)
+    _assert_one_line_naming(lambda: M.load(model_dir), model_dir, phrases)
     # the command line: one line, exit code 2, no output folder
-    image = tmp_path / "a_img.tif"
-    tifffile.imwrite(image, make_synthetic((64, 64), n_cells=5, diameter=DIAM, seed=0).image)
-    rc = main(["segment", str(image), "--out", str(tmp_path / "out"), "--model", str(model_dir),
-               "--diameter", str(DIAM)])
+    rc = _segment_with(tmp_path, str(model_dir))
     assert rc == 2
     _one_clear_line(capsys.readouterr().err, [str(model_dir), *phrases])
     assert not (tmp_path / "out").exists()
@@ -290,16 +295,8 @@ def test_a_bad_cellpose_weights_file_is_named(tmp_path, capsys, case, change, ph
     else:
         _cellpose_file(path, lambda s: None)
         path.write_bytes(path.read_bytes()[:400] if change == "truncate" else change)
-    with pytest.raises(ValueError) as info:
-        M.load_cellpose_weights(path)
-    message = str(info.value)
-    assert str(path) in message and "\n" not in message
-    for phrase in phrases:
-        assert phrase in message, (phrase, message)
-    image = tmp_path / "a_img.tif"
-    tifffile.imwrite(image, make_synthetic((64, 64), n_cells=5, diameter=DIAM, seed=0).image)
-    assert main(["segment", str(image), "--out", str(tmp_path / "out"), "--model",
-                 f"cellpose:{path}", "--diameter", str(DIAM)]) == 2
+    _assert_one_line_naming(lambda: M.load_cellpose_weights(path), path, phrases)
+    assert _segment_with(tmp_path, f"cellpose:{path}") == 2
     _one_clear_line(capsys.readouterr().err, [str(path), *phrases])
     assert not (tmp_path / "out").exists()
 

@@ -35,6 +35,7 @@ import os
 import sys
 from pathlib import Path
 
+from cellpose_nb.atomic import reworded, stale_temporaries, write_bytes
 from cellpose_nb.cli._common import add_channel_options, field_default, load_model, parse_channels, parse_invert
 from cellpose_nb.predict import PRECISIONS, SegmentConfig, segment
 
@@ -88,12 +89,6 @@ def _is_output_like(path):
     return path.name.startswith(".") or any(stem.endswith(m) for m in MASK_MARKERS)
 
 
-def _os_error(exc, what):
-    """``exc`` again (same errno, so the same OSError subclass) as one line about ``what``."""
-    message = f"{what}: {exc.strerror or exc}"
-    return OSError(exc.errno, message) if exc.errno else OSError(message)
-
-
 def collect_images(inputs):
     """Image files named on the command line, folders expanded.
 
@@ -112,7 +107,7 @@ def collect_images(inputs):
             found = sorted(f for f in (p.iterdir() if is_dir else ())
                            if f.suffix.lower() in IMAGE_SUFFIXES)
         except OSError as exc:  # e.g. an unreadable folder: one line naming it
-            raise _os_error(exc, f"cannot read the input {p}") from exc
+            raise reworded(exc, f"cannot read the input {p}") from exc
         if not exists:
             raise FileNotFoundError(f"no such image or folder: {p}")
         if not is_dir:
@@ -199,8 +194,6 @@ def _unchanged(out, records):
 
 
 def _write_marker(path, complete, records):
-    from cellpose_nb.atomic import write_bytes
-
     write_bytes(path, json.dumps({"complete": complete, "files": records}).encode(), overwrite=True)
 
 
@@ -209,7 +202,6 @@ def run(args):
     from tqdm import tqdm
 
     from cellpose_nb.data import read_image
-    from cellpose_nb.atomic import stale_temporaries
     from cellpose_nb.export import SUFFIXES, export_all
 
     config = config_from_args(args)  # bad options fail before the model is loaded
@@ -223,7 +215,7 @@ def run(args):
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_error(exc, f"cannot create the output folder {out}") from exc
+        raise reworded(exc, f"cannot create the output folder {out}") from exc
     formats = tuple(dict.fromkeys(args.formats))
     targets = {f: [out / f"{name_of(f)}{SUFFIXES[fmt]}" for fmt in formats] for f in files}
     ours_named = [t.name for ts in targets.values() for t in ts]
@@ -233,7 +225,7 @@ def run(args):
         for p in stale:  # temporaries of an interrupted run (ours by their name)
             p.unlink(missing_ok=True)
     except OSError as exc:
-        raise _os_error(exc, f"cannot clean the output folder {out}") from exc
+        raise reworded(exc, f"cannot clean the output folder {out}") from exc
     if stale:
         print(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} of an "
               f"interrupted run from {out}", file=sys.stderr)
