@@ -1,6 +1,6 @@
 # cellpose_nb: two commands on a fresh machine (Python >= 3.10 with pip and venv):
 #   make demo   # set up .venv and run the main job
-#   make test   # set up .venv with the dev + reference extras and run every test
+#   make test   # set up .venv with the dev, reference, bioimageio and distributed extras and run every test
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,7 +27,7 @@ $(VENV)/.stamp-core: pyproject.toml
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-core
-	$(PIP) install --quiet -e ".[dev,reference]"
+	$(PIP) install --quiet -e ".[dev,reference,bioimageio,distributed]"
 	$(BIN)/python tools/setup_browser.py
 	touch $@
 
