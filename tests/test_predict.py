@@ -123,9 +123,9 @@ def test_thresholds_come_from_the_model(monkeypatch):
 
 def test_diameter_none_without_size_model_warns_and_uses_diam_mean(net, monkeypatch):
     def no_call(*args, **kw):
-        raise AssertionError("estimate_diameter called for a model without a size model")
+        raise AssertionError("style_diameter called for a model without a size model")
 
-    monkeypatch.setattr(S, "estimate_diameter", no_call)
+    monkeypatch.setattr(S, "style_diameter", no_call)
     with pytest.warns(UserWarning, match="no size model.*diam_mean"):
         res = P.segment(_smooth((40, 40)), net)
     assert res.diameter == DIAM
@@ -141,15 +141,50 @@ def test_diameter_none_uses_the_models_size_model():
     assert res.diameter == want and res.labels.shape == (40, 40)
 
 
-def test_diameter_none_uses_estimate_diameter(monkeypatch):
+@pytest.mark.parametrize("measured, passes", [(25.0, 1), (21.7, 1), (40.0, 2), (0.0, 1)])
+def test_diameter_none_segments_again_only_when_the_estimate_is_far_from_the_guess(
+        monkeypatch, measured, passes):
     net = _tiny_model()
     net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16), 0.0, DIAM))
-    monkeypatch.setattr(S, "estimate_diameter",
-                        lambda x, model, size_model: P.DiameterEstimate(24.0, 24.0))
+    scales = []
+    real = S.predict_flows
+    monkeypatch.setattr(S, "style_diameter", lambda *a, **k: 24.0)
+    monkeypatch.setattr(S, "median_diameter", lambda labels: measured)
+    monkeypatch.setattr(S, "predict_flows",
+                        lambda x, model, scale, **kw: scales.append(scale) or real(x, model, scale=scale, **kw))
     res = P.segment(_smooth((40, 40)), net)
-    assert res.diameter == 24.0 and res.labels.shape == (40, 40)
-    monkeypatch.setattr(S, "estimate_diameter",
-                        lambda x, model, size_model: P.DiameterEstimate(np.inf, np.inf))
+    want = measured if measured > 0 else 24.0  # no masks: the guess stands
+    assert res.diameter == want and res.labels.shape == (40, 40)
+    assert scales == [DIAM / 24.0] + ([DIAM / measured] if passes == 2 else [])
+    assert any("diameter estimated" in n for n in res.notes)
+
+
+def test_the_style_of_a_few_tiles_is_the_encoders_and_equals_run_net_on_small_images(net):
+    small, large = _smooth((2, 60, 70)), _smooth((2, 150, 170), seed=1)
+    small_layout = P.tile_layout((60, 70), tile_size=64)
+    assert len(small_layout.rows) * len(small_layout.cols) <= P.STYLE_GRID ** 2  # all tiles
+    np.testing.assert_allclose(P.predict_style(small, net, tile_size=64),
+                               P.run_net(small, net, tile_size=64).style, atol=1e-6)
+    np.testing.assert_allclose(P.predict_style(large, net, tile_size=32, grid=None),
+                               P.run_net(large, net, tile_size=32).style, atol=1e-6)
+    seen = []
+    real = net.encode_style
+    net.encode_style = lambda x: seen.append(x.shape[0]) or real(x)
+    try:
+        few = P.predict_style(large, net, tile_size=32, batch_size=8)
+    finally:
+        del net.encode_style
+    layout = P.tile_layout((150, 170), tile_size=32)
+    assert len(layout.rows) * len(layout.cols) > 4 and seen == [P.STYLE_GRID ** 2]
+    assert few.shape == (16,) and np.isclose(np.linalg.norm(few), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="network input"):
+        P.predict_style(np.zeros((2, 0, 10), np.float32), net)
+
+
+def test_a_guess_out_of_range_falls_back_to_diam_mean(monkeypatch):
+    net = _tiny_model()
+    net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16), 0.0, DIAM))
+    monkeypatch.setattr(S, "style_diameter", lambda *a, **k: np.inf)
     with pytest.warns(UserWarning, match="estimate cannot be used: diameter=inf"):
         assert P.segment(_smooth((40, 40)), net).diameter == DIAM
 

@@ -264,6 +264,21 @@ def test_size_model_reads_diameters_from_styles():
         T.estimate_diameter(images[0], net)
 
 
+def test_size_model_crops_span_the_target_range_around_diam_mean():
+    from cellpose_nb.train.size_model import _size_samples
+
+    samples = [make_synthetic((96, 96), n_cells=12, diameter=d, kind="nuclei", seed=d)
+               for d in (8, 20)]
+    images = T.prepare_images([s.image for s in samples])
+    targets = _size_samples(tiny_net(), images, [s.labels for s in samples], n_passes=20,
+                            crop_size=64, target_range=T.SIZE_TARGET_RANGE, seed=0,
+                            progress=False)[1]
+    bound = np.log(T.SIZE_TARGET_RANGE)
+    # whatever each image's own size, the crops' diameters cover diam_mean / 4 .. diam_mean * 4
+    assert targets.shape == (40,) and np.all(np.abs(targets) <= bound + 1e-6)
+    assert targets.min() < -0.6 * bound and targets.max() > 0.6 * bound
+
+
 def test_flow_grid_shortcut_equals_compute_masks():
     labels = make_synthetic((96, 96), n_cells=10, diameter=16, kind="nuclei", seed=2).labels
     rng = np.random.default_rng(0)

@@ -280,12 +280,7 @@ class CellposeUNet(nn.Module):
         style : torch.Tensor
             (B, features[-1]), unit L2 norm, before its projections.
         """
-        self._check_input(x)
-        x = fast_layout(x)
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+        skips = self._encode(x)
         style = self.style(skips[-1])
         # the deepest up block gets the deepest features as both input and skip
         x = self.decoder[-1](skips[-1], skips[-1], style)
@@ -293,6 +288,31 @@ class CellposeUNet(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = self.decoder[i](x, skips[i], style)
         return self.head(x), style
+
+    def encode_style(self, x: torch.Tensor) -> torch.Tensor:
+        """The style vector alone: the encoder and the style, without the decoder.
+
+        The same (B, features[-1]) as ``forward(x)[1]`` at about half the cost
+        (the decoder's full-resolution blocks are skipped): what the size model
+        needs to estimate the cells' diameter.
+
+        >>> _ = torch.manual_seed(0)
+        >>> net = CellposeUNet(ModelConfig(features=(8, 16))).eval()
+        >>> x = torch.rand(2, 2, 16, 16)
+        >>> torch.equal(net.encode_style(x), net(x)[1])
+        True
+        """
+        return self.style(self._encode(x)[-1])
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's output at every scale (the decoder's skips), finest first."""
+        self._check_input(x)
+        x = fast_layout(x)
+        skips = []
+        for i, block in enumerate(self.encoder):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        return skips
 
     def with_diam_mean(self, diam_mean: float) -> CellposeUNet:
         """A copy with the same weights that expects cells of ``diam_mean`` px.

@@ -6,7 +6,10 @@
 1. :func:`~cellpose_nb.normalize.to_network_input`: two channels, percentile-normalised;
 2. rescale by ``diam_mean / diameter`` so that cells have the size the model
    was trained on (bilinear); without a diameter, the model's size model
-   estimates it (:func:`estimate_diameter`);
+   guesses it from the style of a few tiles (:func:`predict_style`), the image
+   is segmented at the guess and the masks' median diameter is the estimate
+   (:func:`estimate_diameter`); that segmentation is kept when the estimate is
+   within ``REUSE_TOLERANCE`` of the guess;
 3. :func:`run_net`: pad, cut into overlapping tiles of ``tile_size``, run the
    network on batches of tiles, blend the tile outputs with a taper that
    weights tile centres more than tile edges (Cellpose's ``make_tiles`` /
@@ -28,7 +31,8 @@ The network and mask knobs of :func:`segment` are a :class:`SegmentConfig`
 ``DeprecationWarning``).
 
 Modules: ``tiles`` (tile geometry and blending), ``net`` (network passes,
-flips, precision, rescaling), ``diameter`` (the size model), ``config``
+flips, precision, rescaling), ``style`` (the style of a few tiles, encoder
+only), ``diameter`` (the size model), ``config``
 (:class:`SegmentConfig`), ``segmentation`` (:func:`segment`,
 :func:`segment_many`).  This package never imports :mod:`cellpose_nb.train`.
 """
@@ -44,6 +48,7 @@ from cellpose_nb.predict.diameter import (
     estimate_diameter,
     load_size_model,
     median_diameter,
+    style_diameter,
 )
 from cellpose_nb.predict.net import (
     BATCH_SIZE,
@@ -58,6 +63,7 @@ from cellpose_nb.predict.net import (
 )
 from cellpose_nb.predict.segmentation import (
     DEFAULT_CHANNELS,
+    REUSE_TOLERANCE,
     THRESHOLD_KEYS,
     InputKnobs,
     Segmentation,
@@ -65,6 +71,7 @@ from cellpose_nb.predict.segmentation import (
     segment,
     segment_many,
 )
+from cellpose_nb.predict.style import STYLE_GRID, STYLE_QUANTILES, predict_style, style_tiles
 from cellpose_nb.predict.tiles import (
     OVERLAP_RANGE,
     PAD_EXTRA,
@@ -86,12 +93,13 @@ __all__ = [
     # tiles
     "TileLayout", "tile_layout", "taper_mask",
     # size model
-    "SizeModel", "DiameterEstimate", "estimate_diameter", "load_size_model",
-    "median_diameter",
+    "SizeModel", "DiameterEstimate", "estimate_diameter", "style_diameter", "load_size_model",
+    "median_diameter", "predict_style", "style_tiles",
     # constants (owned by the modules above; thresholds, MIN_SIZE, N_ITER by masks,
     # FLOW_SCALE by flows)
     "TILE_SIZE", "TILE_OVERLAP", "OVERLAP_RANGE", "PAD_MULTIPLE", "PAD_EXTRA",
     "TAPER_MARGIN", "TAPER_SIGMA", "BATCH_SIZE", "BATCH_SIZE_CPU", "PRECISION", "PRECISIONS",
     "DEFAULT_CHANNELS", "THRESHOLD_KEYS", "CELLPROB_THRESHOLD", "FLOW_THRESHOLD",
-    "MIN_SIZE", "N_ITER", "FLOW_SCALE", "MIN_DIAMETER", "SIZE_MODEL_FILE",
+    "MIN_SIZE", "N_ITER", "FLOW_SCALE", "MIN_DIAMETER", "SIZE_MODEL_FILE", "REUSE_TOLERANCE",
+    "STYLE_GRID", "STYLE_QUANTILES",
 ]

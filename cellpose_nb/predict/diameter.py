@@ -1,8 +1,12 @@
 """The size model: from the network's style vector to the cells' diameter.
 
-:class:`SizeModel` (a ridge regression, Cellpose's ``SizeModel``) and
-:func:`estimate_diameter`, used by :func:`~cellpose_nb.predict.segment` when no
-diameter is given.  It is fitted by :func:`cellpose_nb.train.fit_size_model`.
+:class:`SizeModel` (a ridge regression, Cellpose's ``SizeModel``),
+:func:`style_diameter` (its guess from the style of a few tiles, see
+:func:`~cellpose_nb.predict.predict_style`) and :func:`estimate_diameter`
+(the guess, then the median diameter of the masks found at it: Cellpose's two
+steps).  :func:`~cellpose_nb.predict.segment` does the same when no diameter
+is given, and keeps the second step's pass as its result when it is close
+enough.  The size model is fitted by :func:`cellpose_nb.train.fit_size_model`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from cellpose_nb.flows import check_labels
 from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD
 from cellpose_nb.model.record import record_field
 from cellpose_nb.predict._compat import _data_first
-from cellpose_nb.predict.net import _masks_at_scale, predict_flows
+from cellpose_nb.predict.net import _masks_at_scale
+from cellpose_nb.predict.style import predict_style
 
 __all__ = ["MIN_DIAMETER", "MAX_ZOOM", "MAX_ZOOMED_PIXELS", "SIZE_MODEL_FILE", "check_diameter", "SizeModel", "DiameterEstimate",
-           "median_diameter", "load_size_model", "estimate_diameter"]
+           "median_diameter", "load_size_model", "style_diameter", "estimate_diameter"]
 
 MIN_DIAMETER = 5.0  # Cellpose clamps training diameters and size estimates to >= 5 px
 SIZE_MODEL_FILE = "size_model.json"
@@ -192,14 +197,53 @@ class DiameterEstimate(NamedTuple):
     diameter_style: float
 
 
+def style_diameter(x, model, size_model=None, **style_kw) -> float:
+    """The size model's guess of the cells' diameter (px) from the style of ``x``.
+
+    Parameters
+    ----------
+    x : ndarray (C, H, W) of float32
+        A network input, at its own scale.
+    model : CellposeUNet
+    size_model : SizeModel, optional
+        Default: the model's own (see :func:`estimate_diameter`).
+    **style_kw
+        Keyword arguments of :func:`~cellpose_nb.predict.predict_style`
+        (tiling, device, precision).
+
+    Returns
+    -------
+    float
+        The guess, or the size model's ``diam_mean`` if the style is not finite.
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> net = CellposeUNet(ModelConfig(features=(4, 8), diam_mean=10.0))
+    >>> sm = SizeModel(np.zeros(8), np.zeros(8), np.log(2.0), 10.0)
+    >>> style_diameter(np.zeros((2, 16, 16), np.float32), net, sm)
+    20.0
+    """
+    sm = _find_size_model(model, size_model)
+    x = np.asarray(x, np.float32)
+    if x.ndim != 3 or x.shape[0] != model.config.n_channels:
+        raise ValueError(f"image has shape {x.shape}; expected a network input "
+                         f"({model.config.n_channels}, H, W)")
+    style = predict_style(x, model, **style_kw)
+    return float(sm.predict(style[None])[0]) if np.isfinite(style).all() else sm.diam_mean
+
+
 def estimate_diameter(image, model, *, size_model=None, refine=True,
                       cellprob_threshold=CELLPROB_THRESHOLD,
                       flow_threshold=FLOW_THRESHOLD) -> DiameterEstimate:
     """Estimate the median object diameter of one image (Cellpose's ``SizeModel.eval``).
 
-    The network runs once on the image as it is; its style gives a first
-    estimate.  With ``refine`` the image is then segmented at that scale
-    and the median diameter of the masks is returned (Cellpose's second step).
+    The size model guesses the diameter from the style of the image as it is
+    (:func:`style_diameter`); with ``refine`` the image is then segmented at
+    that guess and the median diameter of the masks is returned (Cellpose's
+    second step).  :func:`~cellpose_nb.predict.segment` without a diameter
+    does the same with its own network and mask settings, and keeps that
+    segmentation when it is close enough.
 
     Parameters
     ----------
@@ -211,7 +255,7 @@ def estimate_diameter(image, model, *, size_model=None, refine=True,
     size_model : SizeModel, optional
         Default: ``model.record.size_model`` or the one in ``model.record.training``.
     refine : bool
-        Segment at the style's scale and measure the masks.
+        Segment at the style's guess and measure the masks.
     cellprob_threshold, flow_threshold : float
         Used by the refinement.
 
@@ -229,15 +273,11 @@ def estimate_diameter(image, model, *, size_model=None, refine=True,
     20.0
     """
     image, model = _data_first(image, model, func="estimate_diameter", data_name="image")
-    sm = _find_size_model(model, size_model)
     x = np.asarray(image, np.float32)
-    if x.ndim != 3 or x.shape[0] != model.config.n_channels:
-        raise ValueError(f"image has shape {x.shape}; expected a network input "
-                         f"({model.config.n_channels}, H, W)")
-    style = predict_flows(x, model).style
-    d_style = float(sm.predict(style[None])[0]) if np.isfinite(style).all() else sm.diam_mean
+    d_style = style_diameter(x, model, size_model)
     if not refine:
         return DiameterEstimate(d_style, d_style)
+    sm = _find_size_model(model, size_model)
     masks = _masks_at_scale(x, model, scale=sm.diam_mean / d_style,
                             cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold)
     d = median_diameter(masks)

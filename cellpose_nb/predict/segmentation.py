@@ -8,7 +8,6 @@ diameter is given.  The network and mask knobs are a
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import NamedTuple
 
@@ -18,15 +17,25 @@ from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, compute_masks
 from cellpose_nb.model.record import record_field
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict.config import SegmentConfig
-from cellpose_nb.predict.diameter import _stored_size_model, check_diameter, estimate_diameter
+from cellpose_nb.predict.diameter import (
+    _stored_size_model,
+    check_diameter,
+    median_diameter,
+    style_diameter,
+)
 from cellpose_nb.predict.net import n_iter_for, predict_flows
 
-__all__ = ["Segmentation", "InputKnobs", "segment", "segment_many", "input_knobs"]
+__all__ = ["Segmentation", "InputKnobs", "REUSE_TOLERANCE", "segment", "segment_many",
+           "input_knobs"]
 
 DEFAULT_CHANNELS = (0, None)  # network input of a model without an input recipe
 # keys read from model.record.thresholds, first match wins
 THRESHOLD_KEYS = {"cellprob_threshold": ("cellprob_threshold", "cellprob"),
                   "flow_threshold": ("flow_threshold", "flow")}
+#: without a given diameter, the image is segmented at the size model's guess and the
+#: masks' median diameter is the estimate; that segmentation is the result when the
+#: estimate is within this fraction of the guess, else the image is segmented again at it
+REUSE_TOLERANCE = 0.1
 
 
 class Segmentation(NamedTuple):
@@ -43,11 +52,13 @@ class Segmentation(NamedTuple):
     style : ndarray (n_style,) of float32
         Style vector, summed over tiles and L2-normalised.
     diameter : float
-        The cell diameter (px) used to rescale the image.
+        The cell diameter (px): the one given, or the estimate (the network ran
+        at the size model's guess when the estimate was within
+        ``REUSE_TOLERANCE`` of it; ``notes`` says which).
     notes : tuple of str
         What the input lacked and how it was handled, e.g. a one-channel image
         given to a model that also reads a nuclear channel (that channel is
-        then zeros, as in Cellpose).
+        then zeros, as in Cellpose), or the diameter's estimate.
     """
 
     labels: np.ndarray
@@ -68,23 +79,51 @@ def _input_notes(image, channels, channel_axis):
     return ()
 
 
-def _resolve_diameter(model, x, diameter):
+def _fallback_diameter(model, reason, stacklevel):
+    """The model's diam_mean, with a warning naming why the diameter is not estimated."""
     diam_mean = float(model.config.diam_mean)
-    if diameter is not None:
-        return check_diameter(diameter, x.shape[-2:], diam_mean)
-    size_model = _stored_size_model(model)
-    if size_model is None:
-        reason = ("the model has no size model (fit one with "
-                  "cellpose_nb.train.fit_size_model)")
-    else:
-        d = float(estimate_diameter(x, model, size_model=size_model).diameter)
-        try:
-            return check_diameter(d, x.shape[-2:], diam_mean)
-        except ValueError as exc:
-            reason = f"the size model's estimate cannot be used: {exc}"
     warnings.warn(f"diameter=None: {reason}; using the model's diam_mean = {diam_mean:g} px. "
-                  "Pass diameter= to set the cell size.", UserWarning, stacklevel=3)
+                  "Pass diameter= to set the cell size.", UserWarning, stacklevel=stacklevel)
     return diam_mean
+
+
+def _run_pass(x, model, diameter, cfg, th):
+    """The network at ``diameter`` and the masks of its output: (FlowPrediction, labels)."""
+    scale = float(model.config.diam_mean) / diameter
+    pred = predict_flows(x, model, scale=scale, tile_size=cfg.tile_size,
+                         tile_overlap=cfg.tile_overlap, augment=cfg.augment,
+                         batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
+    n_iter = n_iter_for(scale) if cfg.n_iter is None else cfg.n_iter
+    return pred, compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter,
+                               min_size=cfg.min_size)
+
+
+def _estimate_and_run(x, model, size_model, cfg, th):
+    """Segment without a diameter: the size model's guess, one pass at it, the masks'
+    median diameter as the estimate, and a second pass only when the estimate is more
+    than REUSE_TOLERANCE from the guess.  Returns (diameter, pred, labels, notes)."""
+    shape, diam_mean = x.shape[-2:], float(model.config.diam_mean)
+    guess = style_diameter(x, model, size_model, tile_size=cfg.tile_size,
+                           tile_overlap=cfg.tile_overlap, batch_size=cfg.batch_size,
+                           device=cfg.device, precision=cfg.precision)
+    try:
+        guess = check_diameter(guess, shape, diam_mean)
+    except ValueError as exc:
+        d = _fallback_diameter(model, f"the size model's estimate cannot be used: {exc}", 4)
+        return (d, *_run_pass(x, model, d, cfg, th), ())
+    pred, labels = _run_pass(x, model, guess, cfg, th)
+    measured = median_diameter(labels)
+    try:
+        estimate = check_diameter(measured, shape, diam_mean) if measured > 0 else guess
+    except ValueError:  # e.g. masks too small to measure: keep the guess
+        estimate = guess
+    note = f"diameter estimated: {estimate:.1f} px (size model's guess {guess:.1f} px"
+    if abs(estimate / guess - 1) > REUSE_TOLERANCE:
+        pred, labels = _run_pass(x, model, estimate, cfg, th)
+        note += f"; segmented again at {estimate:.1f} px)"
+    else:
+        note += f", within {REUSE_TOLERANCE:.0%}: segmented once)"
+    return estimate, pred, labels, (note,)
 
 
 def _thresholds(model, cellprob_threshold, flow_threshold):
@@ -165,9 +204,13 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None, in
         Anything with ``forward(x) -> (y, style)`` and ``config.diam_mean``.
     diameter : float, optional
         Cell diameter in pixels; the image is rescaled by ``diam_mean / diameter``.
-        None: estimated by :func:`~cellpose_nb.predict.estimate_diameter` when the
-        model has a size model (``model.record.size_model`` or one in its training record),
-        else the model's ``diam_mean`` (no rescaling) with a warning.
+        None: estimated when the model has a size model (``model.record.size_model``
+        or one in its training record), as :func:`~cellpose_nb.predict.estimate_diameter`
+        does: the size model's guess from the style, one segmentation at the guess, and
+        the median diameter of its masks; that segmentation is the result when the
+        estimate is within ``REUSE_TOLERANCE`` of the guess, else the image is
+        segmented again at the estimate.  Without a size model: the model's
+        ``diam_mean`` (no rescaling), with a warning.
     channels, channel_axis, invert
         Passed to ``to_network_input``.  ``channels=None`` and ``invert=None``
         take the model's ``input_recipe`` (see :func:`input_knobs`), e.g. the
@@ -215,18 +258,20 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None, in
     channels, invert = input_knobs(model, channels, invert)
     x = to_network_input(image, channels=channels, channel_axis=channel_axis,
                          normalize=cfg.normalize, invert=invert)
-    diameter = _resolve_diameter(model, x, diameter)
-    scale = float(model.config.diam_mean) / diameter
-    pred = predict_flows(x, model, scale=scale, tile_size=cfg.tile_size,
-                         tile_overlap=cfg.tile_overlap, augment=cfg.augment,
-                         batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
-    del x
     th = _thresholds(model, cfg.cellprob_threshold, cfg.flow_threshold)
-    n_iter = n_iter_for(scale) if cfg.n_iter is None else cfg.n_iter
-    labels = compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter, min_size=cfg.min_size)
+    size_model = _stored_size_model(model) if diameter is None else None
+    notes = _input_notes(image, channels, channel_axis)
+    if size_model is not None:
+        diameter, pred, labels, estimated = _estimate_and_run(x, model, size_model, cfg, th)
+        notes += estimated
+    else:
+        if diameter is None:
+            diameter = _fallback_diameter(model, "the model has no size model (fit one with "
+                                                 "cellpose_nb.train.fit_size_model)", 3)
+        diameter = check_diameter(diameter, x.shape[-2:], float(model.config.diam_mean))
+        pred, labels = _run_pass(x, model, diameter, cfg, th)
     return Segmentation(labels=labels, flows=pred.flows, cellprob=pred.cellprob,
-                        style=pred.style, diameter=diameter,
-                        notes=_input_notes(image, channels, channel_axis))
+                        style=pred.style, diameter=diameter, notes=notes)
 
 
 def segment_many(images, model, *, progress=True, diameter=None, channels=None,

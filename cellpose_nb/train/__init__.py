@@ -69,8 +69,10 @@ from cellpose_nb.train.size_model import (
     SIZE_L2,
     SIZE_L2_GRID,
     SIZE_PASSES,
-    SIZE_SCALE_RANGE,
+    SIZE_TARGET_RANGE,
+    SIZE_VAL_ZOOMS,
     fit_size_model,
+    select_size_model,
 )
 from cellpose_nb.train.thresholds import (
     AP_IOU,
@@ -98,6 +100,7 @@ __all__ = [
     "TrainValSplit",
     "train",
     "fit_size_model",
+    "select_size_model",
     "estimate_diameter",
     "load_size_model",
     "optimize_thresholds",
@@ -107,7 +110,8 @@ __all__ = [
     # constants (MIN_DIAMETER and SIZE_MODEL_FILE are owned by cellpose_nb.predict,
     # MIN_SIZE by cellpose_nb.masks)
     "MIN_DIAMETER", "DECAY_RULE", "CHECKPOINT_FILE", "HISTORY_FILE", "HISTORY_COLUMNS",
-    "MODEL_DIR", "FLOW_CACHE_DIR", "SIZE_MODEL_FILE", "SIZE_CROP", "SIZE_SCALE_RANGE",
+    "MODEL_DIR", "FLOW_CACHE_DIR", "SIZE_MODEL_FILE", "SIZE_CROP", "SIZE_TARGET_RANGE",
+    "SIZE_VAL_ZOOMS",
     "SIZE_PASSES", "SIZE_L2", "SIZE_L2_GRID", "CELLPROB_GRID", "FLOW_GRID", "AP_IOU",
     "VAL_FRACTION", "MIN_SIZE", "AMP_DTYPES",
 ]

@@ -7,7 +7,6 @@ then finishes it.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -15,18 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from cellpose_nb import model as model_io
-from cellpose_nb.predict import MIN_DIAMETER, median_diameter, predict_flows
 from cellpose_nb.train.config import MODEL_DIR, InputRecipe, TrainConfig, TrainResult
 from cellpose_nb.train.inputs import _check_inputs, prepare_images, split_train_val
 from cellpose_nb.train.loop import _network, _run_folder, _split_val_data, train
-from cellpose_nb.train.size_model import (
-    SIZE_BATCH_SIZE,
-    SIZE_L2,
-    SIZE_SCALE_RANGE,
-    _ridge,
-    _size_error,
-    _size_samples,
-)
+from cellpose_nb.train.size_model import select_size_model
 from cellpose_nb.train.thresholds import optimize_thresholds
 
 __all__ = ["finish_model", "train_folder"]
@@ -71,19 +62,10 @@ def finish_model(images, labels, model, *, out_dir, config=None, val_data=None,
     images, labels = _check_inputs(images, labels, model.config.n_channels, "training")
     val_images, val_labels, _ = _split_val_data(val_data)
     have_val = val_images is not None and len(val_images) > 0
-    styles, targets = _size_samples(model, images, labels, n_passes=config.size_passes,
-                                    crop_size=config.size_crop, scale_range=SIZE_SCALE_RANGE,
-                                    batch_size=SIZE_BATCH_SIZE, seed=config.seed,
-                                    progress=progress)
-    grid = list(config.size_l2_grid) if have_val else [SIZE_L2]
-    fits = [_ridge(styles, targets, l2, model.config.diam_mean) for l2 in grid]
-    errors = [math.nan]
-    if have_val:
-        val_styles = np.stack([predict_flows(x, model).style for x in val_images])
-        val_diams = np.array([max(MIN_DIAMETER, median_diameter(lab)) for lab in val_labels])
-        errors = [_size_error(f, val_styles, val_diams) for f in fits]
-    best = int(np.nanargmin(errors)) if np.isfinite(errors).any() else 0
-    size_model = fits[best]
+    size_model, size_fit = select_size_model(
+        images, labels, model, val_data=(val_images, val_labels) if have_val else None,
+        n_passes=config.size_passes, crop_size=config.size_crop, l2_grid=config.size_l2_grid,
+        seed=config.seed, progress=progress)
     thresholds = None
     if have_val:
         thresholds = optimize_thresholds(val_images, val_labels, model, progress=progress,
@@ -91,8 +73,7 @@ def finish_model(images, labels, model, *, out_dir, config=None, val_data=None,
                                          flow_grid=config.flow_grid).to_dict()
     training = dict(model.record.training or {})
     training["size_model"] = size_model.to_dict()
-    training["size_model_fit"] = {"l2_regularization": grid[best], "l2_grid": grid,
-                                  "val_abs_log_error": errors, "n_samples": len(targets)}
+    training["size_model_fit"] = size_fit
     training["thresholds"] = thresholds
     model.record = model.record.replace(training=training, thresholds=thresholds,
                                         size_model=size_model)
