@@ -26,6 +26,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from cellpose_nb.flows3d import masks_to_flows_3d
 from cellpose_nb.fmm import fmm_flows
 from cellpose_nb.labels import _centers_kernel, _object_table, check_labels, object_centers
 
@@ -171,9 +172,10 @@ def masks_to_flows(labels, *, method="heat", n_iter=None):
 
     Parameters
     ----------
-    labels : ndarray (H, W) of int
+    labels : ndarray (H, W) or (Z, Y, X) of int
         0 = background, other values = objects (any integer dtype, ids need
-        not be sequential).
+        not be sequential).  A volume goes to
+        :func:`cellpose_nb.flows3d.masks_to_flows_3d` (heat only).
     method : {"heat", "fmm"}
         ``"heat"``: Cellpose's heat diffusion from the centre pixel.
         ``"fmm"``: normalised gradient of minus the geodesic distance from the
@@ -185,7 +187,8 @@ def masks_to_flows(labels, *, method="heat", n_iter=None):
     Returns
     -------
     flows : ndarray (2, H, W) of float32
-        (d_row, d_col), unit length on object pixels, 0 on the background.
+        (d_row, d_col), unit length on object pixels, 0 on the background;
+        (3, Z, Y, X), ordered (d_z, d_row, d_col), for a volume.
 
     Examples
     --------
@@ -200,6 +203,11 @@ def masks_to_flows(labels, *, method="heat", n_iter=None):
         raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
     if n_iter is not None and (int(n_iter) != n_iter or n_iter < 1):
         raise ValueError(f"n_iter must be a positive integer or None; got {n_iter!r}")
+    if np.ndim(labels) == 3:  # a volume: Cellpose's 3D diffusion
+        if method == "fmm":
+            raise ValueError(f"method='fmm' supports 2-D labels only; got labels of shape "
+                             f"{np.shape(labels)} (use method='heat' for a volume)")
+        return masks_to_flows_3d(labels, n_iter=n_iter)
     if method == "fmm":
         return fmm_flows(labels)
     return _heat(labels, n_iter)[0].astype(np.float32)

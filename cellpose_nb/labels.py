@@ -30,7 +30,7 @@ class LabelDtypeError(TypeError, ValueError):
 
 
 # ----------------------------------------------------------------------------- checks
-def check_labels(labels, *, name="labels", source=None, keep_dtype=False):
+def check_labels(labels, *, name="labels", source=None, keep_dtype=False, ndim=2):
     """Validate a label image and return it as a C-contiguous int array.
 
     Parameters
@@ -44,6 +44,8 @@ def check_labels(labels, *, name="labels", source=None, keep_dtype=False):
         Where the labels came from (a file); named in error messages.
     keep_dtype : bool
         Return the array as given (validated only), e.g. to keep a file's dtype.
+    ndim : {2, 3}
+        The dimensionality expected: 2 for (H, W) images, 3 for (Z, Y, X) volumes.
 
     Returns
     -------
@@ -58,7 +60,7 @@ def check_labels(labels, *, name="labels", source=None, keep_dtype=False):
         (bool included: use ``skimage.measure.label`` to turn a binary mask
         into labels).
     ValueError
-        If ``labels`` is not 2-D or holds negative values.
+        If ``labels`` is not ``ndim``-D or holds negative values.
 
     Examples
     --------
@@ -76,8 +78,9 @@ def check_labels(labels, *, name="labels", source=None, keep_dtype=False):
             f"{what} must be an integer array (0 = background, 1..N = objects); got dtype "
             f"{arr.dtype} ({hint})"
         )
-    if arr.ndim != 2:
-        raise ValueError(f"{what} must be 2-D (H, W); got shape {arr.shape}")
+    if arr.ndim != ndim:
+        axes = "(H, W)" if ndim == 2 else "(Z, Y, X)"
+        raise ValueError(f"{what} must be {ndim}-D {axes}; got shape {arr.shape}")
     if arr.size and arr.min() < 0:
         raise ValueError(f"{what} must be >= 0 (no negative values); found minimum {arr.min()}")
     if keep_dtype:

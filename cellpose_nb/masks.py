@@ -41,6 +41,7 @@ from cellpose_nb._dynamics import (  # noqa: F401
 )
 from cellpose_nb.flows import masks_to_flows
 from cellpose_nb.labels import check_labels, renumber
+from cellpose_nb.masks3d import compute_masks_3d, follow_flows_3d
 
 __all__ = [
     "FollowResult",
@@ -145,7 +146,14 @@ def follow_flows(flows, mask, *, n_iter=N_ITER, return_trajectories=False):
     >>> mask = np.zeros((5, 5), bool); mask[2, 0] = True
     >>> follow_flows(flows, mask, n_iter=3).ends[:, 0].tolist()
     [2.0, 3.0]
+
+    (3, Z, Y, X) flows and a (Z, Y, X) mask go to
+    :func:`cellpose_nb.masks3d.follow_flows_3d` (trilinear steps; ``starts`` and
+    ``ends`` are then (3, N)).
     """
+    if np.ndim(flows) == 4:
+        return FollowResult(*follow_flows_3d(flows, mask, n_iter=n_iter,
+                                             return_trajectories=return_trajectories))
     f = _check_flows(flows)
     m = np.asarray(mask)
     if m.shape != f.shape[1:]:
@@ -413,7 +421,15 @@ def compute_masks(
     >>> out = compute_masks(masks_to_flows(lab), np.where(lab > 0, 5.0, -5.0))
     >>> int(out.max()), bool(((out > 0) == (lab > 0)).all())
     (2, True)
+
+    (3, Z, Y, X) flows and a (Z, Y, X) cellprob go to
+    :func:`cellpose_nb.masks3d.compute_masks_3d`, which, as Cellpose 3.1.1.2
+    does for volumes, runs no flow-error check: ``flow_threshold`` is not
+    used there (``compute_masks_3d(..., flow_threshold=...)`` turns it on).
     """
+    if np.ndim(flows) == 4:
+        return compute_masks_3d(flows, cellprob, cellprob_threshold=cellprob_threshold, n_iter=n_iter,
+                                min_size=min_size, max_size_fraction=max_size_fraction)
     f = _check_flows(flows)
     prob = np.asarray(cellprob)
     if prob.shape != f.shape[1:]:

@@ -95,7 +95,7 @@ def test_bad_labels_raise():
     with pytest.raises(TypeError, match="skimage.measure.label"):
         masks_to_flows(np.ones((4, 4), bool))
     with pytest.raises(ValueError, match="2-D"):
-        masks_to_flows(np.ones((2, 4, 4), np.int32))
+        masks_to_flows(np.ones((2, 2, 4, 4), np.int32))  # 3-D is a volume (flows3d)
     with pytest.raises(ValueError, match="negative"):
         masks_to_flows(-np.ones((4, 4), np.int32))
     with pytest.raises(ValueError, match="method"):

@@ -5,7 +5,9 @@ Three parts, all in the NumPy layer (no torch, matplotlib or ipywidgets):
 1. :mod:`~cellpose_nb.data.synthetic`: :func:`make_synthetic` draws
    fluorescence-like images of irregular cells (cytoplasm + nuclei channels)
    with exact ``labels``; seeded, fast, and with knobs for size, crowding
-   (``touching``), noise and blur.
+   (``touching``), noise and blur; :func:`make_synthetic_volume`
+   (:mod:`~cellpose_nb.data.synthetic3d`) draws volumes of touching
+   ellipsoidal cells, with Z sampled ``anisotropy`` times coarser.
 2. :mod:`~cellpose_nb.data.files` and :mod:`~cellpose_nb.data.folder`:
    :func:`read_folder` / :func:`iter_folder` read a Cellpose-style folder
    (``<name>_img.tif`` + ``<name>_masks.tif|png`` or the GUI's
@@ -77,6 +79,7 @@ from cellpose_nb.data.synthetic import (
     make_synthetic,
     make_synthetic_dataset,
 )
+from cellpose_nb.data.synthetic3d import SyntheticVolume, make_synthetic_volume
 
 __all__ = [
     "load_sample",
@@ -84,6 +87,8 @@ __all__ = [
     "SyntheticSample",
     "make_synthetic",
     "make_synthetic_dataset",
+    "SyntheticVolume",
+    "make_synthetic_volume",
     "Sample",
     "read_image",
     "read_labels",
