@@ -6,6 +6,7 @@ Sub-commands::
     cellpose-nb segment  IMAGES... --out DIR   segment images with a model
     cellpose-nb train    FOLDER --out DIR      train a model on a Cellpose-style folder
     cellpose-nb evaluate TRUE_DIR PRED_DIR     AP table per image and overall
+    cellpose-nb export-bioimageio MODEL OUT.zip   a model as a BioImage Model Zoo package
 
 Every command refuses to overwrite existing outputs unless ``--overwrite``.
 Errors are printed as one line, never as a traceback (``--debug`` shows it).
@@ -22,12 +23,12 @@ import signal
 import sys
 import threading
 
-from cellpose_nb.cli import demo, evaluate, segment, train
+from cellpose_nb.cli import demo, evaluate, export_bioimageio, segment, train
 from cellpose_nb.cli._common import parse_channels, parse_invert
 
 __all__ = ["main", "build_parser", "parse_channels", "parse_invert"]
 
-SUBCOMMANDS = (demo, segment, train, evaluate)
+SUBCOMMANDS = (demo, segment, train, evaluate, export_bioimageio)
 #: exceptions that are the user's to fix: printed as one line, exit code EXIT_BAD_INPUT
 USER_ERRORS = (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                PermissionError, ValueError, TypeError)

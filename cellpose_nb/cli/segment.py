@@ -37,6 +37,8 @@ from pathlib import Path
 
 from cellpose_nb.atomic import reworded, stale_temporaries, write_bytes
 from cellpose_nb.cli._common import add_channel_options, field_default, load_model, parse_channels, parse_invert
+from cellpose_nb.cli.segment_dask import add_dask_options, wants_dask
+from cellpose_nb.cli.segment_dask import run as run_dask
 from cellpose_nb.predict import PRECISIONS, SegmentConfig, segment
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -73,6 +75,7 @@ def add_parser(sub):
                      help="network precision; bfloat16/float16 run under autocast: faster on "
                           "GPUs and on CPUs with bfloat16 units, outputs differ by about 1 %%")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_dask_options(seg)
     seg.set_defaults(func=run)
 
 
@@ -197,20 +200,79 @@ def _write_marker(path, complete, records):
     write_bytes(path, json.dumps({"complete": complete, "files": records}).encode(), overwrite=True)
 
 
-# --- the command -------------------------------------------------------------------------
-def run(args):
-    from tqdm import tqdm
+# --- one image: the unit that the serial and the dask folder modes share -------------------
+def segment_image(f, *, out, targets, model, args, channels, config, formats):
+    """Segment one image file into its outputs in ``out``, by the marker rules above.
 
+    Returns
+    -------
+    (str, str)
+        ``"done"``, ``"skipped"`` or ``"failed"``, and the line to print.
+        An OSError of :data:`STOP_ERRNOS` (full disk, read-only ``--out``) is raised.
+    """
     from cellpose_nb.data import read_image
-    from cellpose_nb.export import SUFFIXES, export_all
+    from cellpose_nb.export import export_all
 
-    config = config_from_args(args)  # bad options fail before the model is loaded
+    name = name_of(f)
+    marker = marker_path(out, name)
+    complete, records = _read_marker(marker)
+    ours = _unchanged(out, records)
+    if complete and not args.overwrite and all(t.name in ours for t in targets):
+        return "skipped", f"{f.name}: done by an earlier run, skipped (--overwrite to redo)"
+    existing = [t for t in targets if t.exists()]
+    foreign = [t.name for t in existing if t.name not in ours]
+    if foreign and not args.overwrite:
+        one = len(foreign) == 1
+        return "failed", (f"{f.name}: FAILED: {', '.join(foreign)} exist{'s' if one else ''} in {out} "
+                          f"but {'was' if one else 'were'} not written by cellpose-nb segment there "
+                          "(or changed since); pass --overwrite to replace")
+    # other outputs of this image that an earlier run wrote stay ours
+    redone = {t.name for t in targets}
+    kept = {k: v for k, v in records.items() if k in ours and k not in redone}
+
+    def note_ours(staged):  # before the renames: from now on these files are ours
+        stamps = {t.name: _stamp(tmp) for t, tmp in staged.items()}  # a rename keeps them
+        _write_marker(marker, False, {**kept, **stamps})
+
+    try:
+        image = read_image(f)
+        res = segment(image, model, diameter=args.diameter, channels=channels,
+                      channel_axis=args.channel_axis,
+                      invert=parse_invert(args.invert), config=config)
+    except Exception as exc:  # a bad image: report, skip, keep going
+        return "failed", f"{f.name}: FAILED: {type(exc).__name__}: {exc}"
+    try:
+        paths = export_all(out, name, image, res, channel_axis=args.channel_axis,
+                           overwrite=args.overwrite or bool(existing), formats=formats,
+                           before_rename=note_ours)
+        _write_marker(marker, True, {**kept, **{p.name: _stamp(p) for p in paths}})  # last
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in STOP_ERRNOS:
+            raise
+        return "failed", f"{f.name}: FAILED: {type(exc).__name__}: {exc}"
+    return "done", (f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files"
+                    + "".join(f" (note: {n})" for n in res.notes))
+
+
+# --- the command -------------------------------------------------------------------------
+def plan_inputs(args):
+    """The images to segment, checked before any work (no output would collide)."""
     files, ignored = collect_images(args.inputs)
     if ignored:
         print(_skipped_line(ignored), file=sys.stderr)
     check_outputs_are_distinct(files, args.out)
-    model = load_model(args.model, args.device)
-    channels = None if args.channels is None else parse_channels(args.channels)
+    return files
+
+
+def plan_outputs(args, files):
+    """Each image's output files and the formats; ``--out`` made and cleaned of temporaries.
+
+    Returns
+    -------
+    (dict of Path -> list of Path, tuple of str)
+    """
+    from cellpose_nb.export import SUFFIXES
+
     out = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -229,62 +291,42 @@ def run(args):
     if stale:
         print(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} of an "
               f"interrupted run from {out}", file=sys.stderr)
-    failed, skipped, stopped = [], [], None
-    for f in tqdm(files, desc="segment", unit="image"):
-        name = name_of(f)
-        marker = marker_path(out, name)
-        complete, records = _read_marker(marker)
-        ours = _unchanged(out, records)
-        if complete and not args.overwrite and all(t.name in ours for t in targets[f]):
-            skipped.append(f)
-            tqdm.write(f"{f.name}: done by an earlier run, skipped (--overwrite to redo)")
-            continue
-        existing = [t for t in targets[f] if t.exists()]
-        foreign = [t.name for t in existing if t.name not in ours]
-        if foreign and not args.overwrite:
-            failed.append(f)
-            one = len(foreign) == 1
-            tqdm.write(f"{f.name}: FAILED: {', '.join(foreign)} exist{'s' if one else ''} in {out} "
-                       f"but {'was' if one else 'were'} not written by cellpose-nb segment there "
-                       "(or changed since); pass --overwrite to replace", file=sys.stderr)
-            continue
-        # other outputs of this image that an earlier run wrote stay ours
-        redone = {t.name for t in targets[f]}
-        kept = {k: v for k, v in records.items() if k in ours and k not in redone}
+    return targets, formats
 
-        def note_ours(staged):  # before the renames: from now on these files are ours
-            stamps = {t.name: _stamp(tmp) for t, tmp in staged.items()}  # a rename keeps them
-            _write_marker(marker, False, {**kept, **stamps})
 
-        try:
-            image = read_image(f)
-            res = segment(image, model, diameter=args.diameter, channels=channels,
-                          channel_axis=args.channel_axis,
-                          invert=parse_invert(args.invert), config=config)
-        except Exception as exc:  # a bad image: report, skip, keep going
-            failed.append(f)
-            tqdm.write(f"{f.name}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-            continue
-        try:
-            paths = export_all(out, name, image, res, channel_axis=args.channel_axis,
-                               overwrite=args.overwrite or bool(existing), formats=formats,
-                               before_rename=note_ours)
-            _write_marker(marker, True, {**kept, **{p.name: _stamp(p) for p in paths}})  # last
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno in STOP_ERRNOS:
-                # --out takes no more files (full disk, quota, read-only): the rest would fail too
-                stopped = exc
-                break
-            failed.append(f)
-            tqdm.write(f"{f.name}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-            continue
-        tqdm.write(f"{f.name}: {int(res.labels.max())} cells -> {len(paths)} files"
-                   + "".join(f" (note: {n})" for n in res.notes))
-    done = (files.index(f) if stopped else len(files)) - len(failed) - len(skipped)
+def report(files, out, failed, skipped, stopped=None, stopped_at=None):
+    """Print the summary line (and why the run stopped); return the exit code."""
+    done = (files.index(stopped_at) if stopped else len(files)) - len(failed) - len(skipped)
     print(f"{done} of {len(files)} images segmented into {out}"
           + (f", {len(skipped)} skipped (already done)" if skipped else "")
           + (f", {len(failed)} failed" if failed else ""))
     if stopped:
-        print(f"cellpose-nb segment: error: {stopped}; stopped at {f.name}, as every following "
-              "image would fail too; re-run to resume", file=sys.stderr)
+        print(f"cellpose-nb segment: error: {stopped}; stopped at {stopped_at.name}, as every "
+              "following image would fail too; re-run to resume", file=sys.stderr)
     return 1 if failed or stopped else 0
+
+
+def run(args):
+    from tqdm import tqdm
+
+    if wants_dask(args):  # large images / folders on dask.distributed
+        return run_dask(args, sys.modules[__name__])
+    config = config_from_args(args)  # bad options fail before the model is loaded
+    files = plan_inputs(args)
+    model = load_model(args.model, args.device)
+    targets, formats = plan_outputs(args, files)
+    channels = None if args.channels is None else parse_channels(args.channels)
+    failed, skipped, stopped = [], [], None
+    for f in tqdm(files, desc="segment", unit="image"):
+        try:
+            status, message = segment_image(f, out=args.out, targets=targets[f], model=model,
+                                            args=args, channels=channels, config=config,
+                                            formats=formats)
+        except OSError as exc:
+            if exc.errno not in STOP_ERRNOS:
+                raise
+            stopped = exc  # --out takes no more files (full disk, quota, read-only)
+            break
+        tqdm.write(message, file=sys.stderr if status == "failed" else None)
+        {"failed": failed, "skipped": skipped}.get(status, []).append(f)
+    return report(files, args.out, failed, skipped, stopped, f if stopped else None)

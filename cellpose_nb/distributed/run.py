@@ -1,0 +1,392 @@
+"""Block-wise segmentation of one large image on dask.distributed: :func:`segment_large`.
+
+The steps, each a set of dask tasks that read from and write to stores:
+
+1. *Image-wide knobs*, decided once so that every block sees the same scale
+   and intensities: the percentiles of the normalisation, from a regular
+   sample of at most ``NORM_SAMPLE_PIXELS`` pixels (every pixel of smaller
+   images, so the result equals :func:`~cellpose_nb.predict.segment`'s), the
+   ``invert="auto"`` decision, and the diameter (given, or estimated once by
+   the size model on a central ``DIAMETER_CROP`` crop).
+2. *Segment*: every block's extended region (core + halo, see
+   :mod:`.blocks`) through :func:`~cellpose_nb.predict.segment` on a worker,
+   with the model loaded once per worker; its labels, its core's table and
+   its label count go to the work store ``.<out name>.blocks.zarr`` next to
+   ``out``.  The count is the block's done record: a re-run with the same
+   settings skips the blocks that have one.
+3. *Stitch*: labels of neighbouring blocks matched by their overlap in the
+   shared halos, joined, renumbered 1..N (:mod:`.stitch`).
+4. *Write*: each block's core with global ids into a zarr array, chunk by
+   chunk; then the user's format (zarr, OME-Zarr labels, tiled TIFF).  The
+   work store is removed at the end (``keep_work=True`` keeps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from cellpose_nb.distributed.blocks import (
+    BLOCK_SIZE,
+    block_grid,
+    grid_shape,
+    grid_step,
+    halo_for,
+    neighbour_pairs,
+)
+from cellpose_nb.distributed.cluster import connect
+from cellpose_nb.distributed.io import (
+    open_image,
+    require,
+    write_masks_tiff,
+    write_masks_zarr,
+    write_ome_zarr_labels,
+)
+from cellpose_nb.distributed.stitch import STITCH_IOU, global_labels, merge_tables
+
+__all__ = [
+    "DIAMETER_CROP",
+    "MASK_FORMATS",
+    "NORM_SAMPLE_PIXELS",
+    "LargeSegmentation",
+    "masks_format_of",
+    "segment_large",
+    "work_store_for",
+]
+
+#: the percentiles are taken on at most this many pixels (a regular grid over the image)
+NORM_SAMPLE_PIXELS = 2 ** 24
+#: side of the central crop on which the diameter is estimated when none is given
+DIAMETER_CROP = 1024
+#: formats of the stitched masks, by their file name ending
+MASK_FORMATS = {"ome-zarr": ".ome.zarr", "zarr": ".zarr", "tif": ".tif"}
+
+
+class LargeSegmentation(NamedTuple):
+    """Result of :func:`segment_large` (the labels stay on disk).
+
+    Attributes
+    ----------
+    path : Path
+        The stitched masks.
+    n_cells : int
+    cells : dict of str -> ndarray
+        One row per cell 1..N: see :func:`~cellpose_nb.distributed.stitch.merge_tables`.
+    diameter : float
+    halo : int
+    block_size : tuple of int
+    n_blocks : int
+    n_resumed : int
+        Blocks found finished by an earlier run and not segmented again.
+    notes : tuple of str
+        How image-wide knobs were chosen (estimated diameter, sampled percentiles).
+    """
+
+    path: Path
+    n_cells: int
+    cells: dict
+    diameter: float
+    halo: int
+    block_size: tuple
+    n_blocks: int
+    n_resumed: int
+    notes: tuple = ()
+
+
+def masks_format_of(path) -> str:
+    """The mask format a file name asks for.
+
+    Examples
+    --------
+    >>> masks_format_of("a_masks.ome.zarr"), masks_format_of("a.zarr"), masks_format_of("a.TIF")
+    ('ome-zarr', 'zarr', 'tif')
+    """
+    name = Path(path).name.lower()
+    for fmt, suffix in MASK_FORMATS.items():
+        if name.endswith(suffix) or (fmt == "tif" and name.endswith(".tiff")):
+            return fmt
+    raise ValueError(f"{path}: the masks' name must end in one of "
+                     f"{', '.join(MASK_FORMATS.values())} (or .tiff)")
+
+
+def work_store_for(out) -> Path:
+    """The work store of the masks ``out``: blocks' labels, tables and done records.
+
+    Examples
+    --------
+    >>> work_store_for("res/a_masks.zarr").name
+    '.a_masks.zarr.blocks.zarr'
+    """
+    out = Path(out)
+    return out.parent / f".{out.name}.blocks.zarr"
+
+
+def _percentile_knobs(sample, channels, invert, normalize):
+    """(low, high, invert) of the network's two channels from a pixel sample."""
+    from cellpose_nb.normalize import (
+        LOW_PERCENTILE,
+        dark_objects,
+        to_network_input,
+        upper_percentile,
+    )
+
+    x = to_network_input(sample, channels=channels, normalize=False)
+    low, high = [], []
+    for k in range(2):
+        if not normalize:
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = np.percentile(x[k], [LOW_PERCENTILE, upper_percentile(x[k])])
+        flat = hi - lo < 1e-12 or (k == 1 and (channels[1] is None or sample.ndim == 2))
+        low.append(None if flat else float(lo))
+        high.append(None if flat else float(hi))
+    if invert == "auto":
+        invert = low[0] is not None and dark_objects((x[0] - low[0]) / (high[0] - low[0]))
+    return tuple(low), tuple(high), bool(invert)
+
+
+def _pixels(source, region):
+    """What a task is sent besides its region: the pixels of a numpy image (workers cannot
+    read the client's memory), else None (the worker reads the store itself)."""
+    return source.read(region) if source.kind == "numpy" else None
+
+
+def _sample(client, source, task_source):
+    """A regular sample of the image's pixels, read by the workers block by block."""
+    from cellpose_nb.distributed._worker import sample_task
+
+    rows, cols = source.shape
+    step = max(1, math.ceil(math.sqrt(rows * cols / NORM_SAMPLE_PIXELS)))
+    size = max(BLOCK_SIZE, step)
+    size -= size % step  # block starts on the sample grid
+    blocks = block_grid(source.shape, size)
+    parts = client.gather([client.submit(sample_task, task_source, b.core, step, _pixels(source, b.core),
+                                         pure=False) for b in blocks])
+    shape = grid_shape(blocks)
+    rows_of = [np.concatenate([parts[i * shape[1] + j] for j in range(shape[1])], axis=1)
+               for i in range(shape[0])]
+    return np.concatenate(rows_of, axis=0), step
+
+
+def _central_crop(shape, size=DIAMETER_CROP):
+    return tuple(slice(max(0, (n - size) // 2), min(n, (n - size) // 2 + size)) for n in shape)
+
+
+def _prepare_work(work, params, blocks, halo, block_size, overwrite):
+    """Open or create the work store; refuse one from other settings unless ``overwrite``."""
+    from cellpose_nb.distributed._worker import TABLE_FOLDER
+
+    zarr = require("zarr")
+    text = json.dumps(params, sort_keys=True)
+    if work.exists():
+        try:
+            old = zarr.open_group(str(work), mode="r").attrs.get("params")
+        except Exception:  # unreadable: not a run to resume
+            old = None
+        if old != text:
+            if not overwrite:
+                raise FileExistsError(f"{work} holds blocks of a run with other settings (or is "
+                                      "not a work store of ours); remove it or pass overwrite=True")
+            shutil.rmtree(work)
+    group = zarr.open_group(str(work), mode="a")
+    n_rows, n_cols = grid_shape(blocks)
+    eh, ew = block_size[0] + 2 * halo, block_size[1] + 2 * halo
+    if "count" not in group:
+        group.create_array("ext", shape=(n_rows, n_cols, eh, ew), chunks=(1, 1, eh, ew),
+                           dtype="int32", fill_value=0)
+        group.create_array("count", shape=(n_rows, n_cols), chunks=(1, 1), dtype="int64",
+                           fill_value=-1)
+        group.attrs["params"] = text
+    (work / TABLE_FOLDER).mkdir(exist_ok=True)
+    return group
+
+
+def _run_tasks(client, futures, what, work, progress):
+    """Wait for ``futures``; raise one error naming the failed blocks (finished ones are kept)."""
+    distributed = require("distributed")
+    if progress and futures:
+        distributed.progress(list(futures.values()), notebook=False)
+    distributed.wait(list(futures.values()))
+    failed = [(k, f) for k, f in futures.items() if f.status == "error"]
+    if failed:
+        k, f = failed[0]
+        exc = f.exception()
+        raise RuntimeError(f"{len(failed)} of {len(futures)} blocks failed to {what}; first, block "
+                           f"{k}: {type(exc).__name__}: {exc}. Finished blocks are kept in {work}: "
+                           "re-run to resume") from exc
+    return {k: f.result() for k, f in futures.items()}
+
+
+def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, halo=None,
+                  channels=None, channel_axis=None, invert=None, component=None, config=None,
+                  client=None, scheduler=None, n_workers=None, device=None,
+                  min_iou=STITCH_IOU, overwrite=False, keep_work=False, progress=False, **knobs):
+    """Segment an image larger than memory block by block on dask.distributed.
+
+    Parameters
+    ----------
+    image : str, Path, zarr array, dask array or ndarray
+        See :func:`~cellpose_nb.distributed.io.open_image` (``channel_axis``,
+        ``component``).
+    model : str, Path or CellposeUNet
+        A model name (``"nuclei"``), a model folder or ``cellpose:NAME``
+        (loaded by each worker), or a model object (sent to each worker once).
+    out : str or Path
+        The stitched masks: ``*.zarr``, ``*.ome.zarr`` (an OME-Zarr store
+        whose ``labels/masks`` is the labels image) or ``*.tif``.
+    diameter : float, optional
+        Cell diameter in pixels, the same for every block.  None: estimated
+        once by the model's size model on the central crop (see ``notes``).
+    block_size : int or (int, int)
+        Core side(s) in pixels; need not divide the image.
+    halo : int, optional
+        Default: :func:`~cellpose_nb.distributed.blocks.halo_for` the diameter.
+    channels, invert, config, **knobs
+        As :func:`~cellpose_nb.predict.segment`.
+    client, scheduler, n_workers
+        See :func:`~cellpose_nb.distributed.cluster.connect`.
+    device : str, optional
+        Where the workers run the model (default: the best each has).
+    min_iou : float
+        See :func:`~cellpose_nb.distributed.stitch.match_labels`.
+    overwrite : bool
+        Replace ``out`` (and a work store of other settings).
+    keep_work : bool
+        Keep the work store after success.
+    progress : bool
+        Show dask's progress bar while blocks are segmented.
+
+    Returns
+    -------
+    LargeSegmentation
+    """
+    require("distributed")
+    from cellpose_nb.distributed._worker import (
+        Job,
+        ModelPlugin,
+        diameter_task,
+        match_task,
+        read_table,
+        segment_task,
+        write_task,
+    )
+    from cellpose_nb.predict import PAD_MULTIPLE, SegmentConfig, input_knobs
+    from cellpose_nb.predict.diameter import check_diameter
+
+    if config is not None and not isinstance(config, SegmentConfig):
+        raise TypeError(f"config must be a SegmentConfig; got {type(config).__name__}")
+    cfg = (config or SegmentConfig()).replace(**knobs)
+    out = Path(out)
+    fmt = masks_format_of(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    source = open_image(image, channel_axis=channel_axis, component=component)
+    local = model if not isinstance(model, (str, Path)) else _load_on_client(model)
+    channels, invert = input_knobs(local, channels, invert)
+    diam_mean = float(local.config.diam_mean)
+    notes = []
+    # what the tasks carry: the description of the store, never a numpy image itself
+    task_source = dataclasses.replace(source, array=None) if source.kind == "numpy" else source
+    with connect(client, scheduler, n_workers=n_workers) as cl:
+        # 1. image-wide knobs: percentiles, inversion, diameter, halo
+        sample, step = _sample(cl, source, task_source)
+        low, high, inv = _percentile_knobs(sample, channels, invert, cfg.normalize)
+        del sample
+        if step > 1:
+            notes.append(f"intensity percentiles from every {step}th pixel")
+        plugin = f"cellpose-nb-model-{id(local):x}-{np.random.default_rng().integers(1 << 30):x}"
+        cl.register_plugin(ModelPlugin(str(model) if isinstance(model, (str, Path)) else model,
+                                       device), name=plugin)
+        try:
+            job = Job(task_source, "", plugin, 0.0, tuple(channels), low, high, inv,
+                      cfg.replace(normalize=False), low[1] is not None)
+            if diameter is None:
+                crop = _central_crop(source.shape)
+                d = cl.submit(diameter_task, job, crop, _pixels(source, crop), pure=False).result()
+                if d is None:
+                    warnings.warn(f"diameter=None: the model has no size model; using its diam_mean = "
+                                  f"{diam_mean:g} px for every block. Pass diameter= to set the cell size.",
+                                  UserWarning, stacklevel=2)
+                    d = diam_mean
+                else:
+                    notes.append(f"diameter {d:.1f} px estimated on the central "
+                                 f"{crop[0].stop - crop[0].start} x {crop[1].stop - crop[1].start} crop")
+                diameter = d
+            diameter = check_diameter(diameter, source.shape, diam_mean)
+            bsize = tuple(int(v) for v in (np.broadcast_to(block_size, 2)))
+            step = grid_step(diameter, diam_mean, PAD_MULTIPLE)
+            if halo is None:
+                halo = halo_for(diameter, multiple=step)
+                if step > 1 and all(b % step == 0 for b in bsize):
+                    notes.append(f"blocks on the network's grid ({step} px): the same network "
+                                 "outputs as the whole image")
+            # 2. segment the blocks not done by an earlier run of the same settings
+            blocks = block_grid(source.shape, bsize, int(halo))
+            work = work_store_for(out)
+            params = {"image": source.describe(), "model": str(model) if isinstance(model, (str, Path))
+                      else type(model).__name__, "diameter": diameter, "halo": halo,
+                      "block_size": list(bsize), "channels": [str(c) for c in channels],
+                      "low": low, "high": high, "invert": inv, "config": repr(job.config)}
+            group = _prepare_work(work, params, blocks, halo, bsize, overwrite)
+            job = Job(task_source, str(work), plugin, float(diameter), tuple(channels), low, high, inv,
+                      job.config, low[1] is not None)
+            counts = np.asarray(group["count"][:])
+            todo = [b for b in blocks if counts[b.index] < 0]
+            futures = {b.index: cl.submit(segment_task, job, b, _pixels(source, b.ext), pure=False)
+                       for b in todo}
+            done = _run_tasks(cl, futures, "segment", work, progress)
+            for index, n in done.items():
+                counts[index] = n
+            # 3. stitch: match neighbours in their shared halos, global ids 1..N
+            tables = [read_table(str(work), b) for b in blocks]
+            pairs = neighbour_pairs(blocks)
+            matched = _run_tasks(cl, {(a, b): cl.submit(match_task, job, blocks[a], blocks[b], min_iou,
+                                                       max(1, int(halo) // 2), pure=False) for a, b in pairs},
+                                 "stitch", work, False)
+            luts, n_cells = global_labels([counts[b.index] for b in blocks],
+                                          [(a, b, p) for (a, b), p in matched.items()],
+                                          [t[:, 0] for t in tables])
+            # 4. write the cores with global ids, then the user's format
+            labels_path = _labels_array(work, source.shape, bsize, n_cells)
+            _run_tasks(cl, {b.index: cl.submit(write_task, job, b, lut, str(labels_path), pure=False)
+                            for b, lut in zip(blocks, luts)}, "write", work, False)
+            if out.exists():  # overwrite=True (checked above)
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            if fmt == "zarr":
+                write_masks_zarr(labels_path, out)
+            elif fmt == "ome-zarr":
+                write_ome_zarr_labels(labels_path, out)
+            else:
+                write_masks_tiff(labels_path, out, overwrite=True)
+        finally:  # the workers drop the model again
+            cl.unregister_worker_plugin(plugin)
+    cells = merge_tables(tables, luts, n_cells)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return LargeSegmentation(out, n_cells, cells, float(diameter), halo, bsize, len(blocks),
+                             len(blocks) - len(todo), tuple(notes))
+
+
+def _load_on_client(spec):
+    """The model on the client, for its input recipe and diam_mean (workers load their own)."""
+    from cellpose_nb.distributed._worker import load_model_spec
+
+    return load_model_spec(spec, "cpu")
+
+
+def _labels_array(work, shape, block_size, n_cells):
+    """The stitched labels' zarr array, chunked as the blocks: uint32, or int64 beyond 2**32 - 1 cells."""
+    zarr = require("zarr")
+    path = Path(work) / "labels"
+    dtype = "uint32" if n_cells < np.iinfo(np.uint32).max else "int64"
+    arr = zarr.create_array(store=str(path), shape=tuple(shape), chunks=tuple(min(b, s) for b, s in
+                            zip(block_size, shape)), dtype=dtype, fill_value=0, overwrite=True)
+    arr.attrs["n_cells"] = int(n_cells)
+    return path
