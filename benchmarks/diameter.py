@@ -16,10 +16,12 @@ span what users bring.  Per image, in one process, interleaved:
   pass over every tile of the image as it is, a segmentation at the style's
   guess, its masks' median diameter, and a segmentation at that.
 
-Printed: the median relative error of each estimate against the true median
-diameter, the cost of ours and Cellpose's procedure as a multiple of
-``given`` (median over images and total time), and the mean AP@0.5 of the
-three segmentations.
+Printed: the median relative error of each estimate (and of each guess)
+against the true median diameter, the cost of ours and Cellpose's procedure
+as a multiple of ``given`` (median over images, and total), and the mean
+AP@0.5 of the three segmentations.  Cost is CPU time (``time.process_time``,
+all threads), which other jobs on a shared machine inflate far less than
+wall time.
 
     python benchmarks/diameter.py                       # both models, every image
     python benchmarks/diameter.py --model nuclei --limit 20 --json out.json
@@ -71,19 +73,21 @@ def zoomed(sample, zoom):
 
 
 def cellpose_procedure(image, net, size_model):
-    """Cellpose's two-step estimate and the segmentation at it: (labels, diameter)."""
+    """Cellpose's two-step estimate and the segmentation at it: (labels, diameter, guess)."""
     channels, invert = input_knobs(net)
     x = to_network_input(image, channels=channels, invert=invert)
     style = predict_flows(x, net).style  # every tile, the whole network
     guess = float(size_model.predict(style[None])[0])
     d = median_diameter(segment(image, net, diameter=guess).labels) or guess
-    return segment(image, net, diameter=d).labels, d
+    return segment(image, net, diameter=d).labels, d, guess
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    """``fn()`` and the CPU time it took (all threads: the cost, robust to other jobs on
+    the machine, which inflate wall times)."""
+    t0 = time.process_time()
     out = fn()
-    return out, time.perf_counter() - t0
+    return out, time.process_time() - t0
 
 
 def ap50(truth, masks):
@@ -105,18 +109,18 @@ def run_model(name, *, limit, zooms):
             truth = median_diameter(lab)
             given, t_given = timed(lambda: segment(img, net, diameter=truth))
             ours, t_ours = timed(lambda: segment(img, net))
-            (cp_labels, cp_d), t_cp = timed(lambda: cellpose_procedure(img, net, baseline))
+            (cp_labels, cp_d, cp_guess), t_cp = timed(lambda: cellpose_procedure(img, net, baseline))
             x = to_network_input(img, channels=channels, invert=invert)
             rows.append({
                 "image": s.name, "zoom": zoom, "shape": list(lab.shape), "true": truth,
                 "ours": ours.diameter, "ours_guess": style_diameter(x, net),
                 "ours_once": any("segmented once" in n for n in ours.notes),
-                "cellpose": cp_d, "t_given": t_given, "t_ours": t_ours, "t_cellpose": t_cp,
+                "cellpose": cp_d, "cellpose_guess": cp_guess, "t_given": t_given, "t_ours": t_ours, "t_cellpose": t_cp,
                 "ap_given": ap50(lab, given.labels), "ap_ours": ap50(lab, ours.labels),
                 "ap_cellpose": ap50(lab, cp_labels)})
             r = rows[-1]
             print(f"{name} {s.name[:12]:12s} x{zoom:<4} true {truth:6.1f}  ours {r['ours']:6.1f} "
-                  f"(guess {r['ours_guess']:6.1f})  cellpose {cp_d:6.1f}  time given "
+                  f"(guess {r['ours_guess']:6.1f})  cellpose {cp_d:6.1f} (guess {cp_guess:6.1f})  CPU given "
                   f"{t_given:5.2f} s, ours {t_ours / t_given:4.2f}x, cellpose "
                   f"{t_cp / t_given:4.2f}x", flush=True)
     return rows
@@ -131,7 +135,8 @@ def summary(rows):
         pick = [r for r in rows if zoom in (None, r["zoom"])]
         out["all" if zoom is None else f"x{zoom}"] = {
             "n": len(pick),
-            "median_rel_error": {k: rel(k, pick) for k in ("ours", "ours_guess", "cellpose")},
+            "median_rel_error": {k: rel(k, pick) for k in ("ours", "ours_guess", "cellpose",
+                                                            "cellpose_guess")},
             "cost_median": {k: float(np.median([r[f"t_{k}"] / r["t_given"] for r in pick]))
                             for k in ("ours", "cellpose")},
             "cost_total": {k: sum(r[f"t_{k}"] for r in pick) / sum(r["t_given"] for r in pick)
@@ -148,7 +153,7 @@ def print_summary(name, table):
     for key, t in table.items():
         e, cm, ct, ap = t["median_rel_error"], t["cost_median"], t["cost_total"], t["mean_ap50"]
         print(f"  {key:5s} n={t['n']:3d}  error ours {e['ours']:.3f} (guess {e['ours_guess']:.3f})"
-              f", cellpose {e['cellpose']:.3f} | ours {cm['ours']:.2f}x / {ct['ours']:.2f}x, "
+              f", cellpose {e['cellpose']:.3f} (guess {e['cellpose_guess']:.3f}) | ours {cm['ours']:.2f}x / {ct['ours']:.2f}x, "
               f"cellpose {cm['cellpose']:.2f}x / {ct['cellpose']:.2f}x | AP {ap['given']:.3f} / "
               f"{ap['ours']:.3f} / {ap['cellpose']:.3f} | {t['segmented_once']:.0%}")
 

@@ -264,19 +264,19 @@ def test_size_model_reads_diameters_from_styles():
         T.estimate_diameter(images[0], net)
 
 
-def test_size_model_crops_span_the_target_range_around_diam_mean():
+def test_size_model_crops_are_zoomed_over_the_zoom_range():
     from cellpose_nb.train.size_model import _size_samples
 
-    samples = [make_synthetic((96, 96), n_cells=12, diameter=d, kind="nuclei", seed=d)
-               for d in (8, 20)]
-    images = T.prepare_images([s.image for s in samples])
-    targets = _size_samples(tiny_net(), images, [s.labels for s in samples], n_passes=20,
-                            crop_size=64, target_range=T.SIZE_TARGET_RANGE, seed=0,
+    sample = make_synthetic((96, 96), n_cells=12, diameter=12, kind="nuclei", seed=4)
+    net = tiny_net()
+    targets = _size_samples(net, T.prepare_images([sample.image]), [sample.labels], n_passes=30,
+                            crop_size=64, zoom_range=T.SIZE_ZOOM_RANGE, seed=0,
                             progress=False)[1]
-    bound = np.log(T.SIZE_TARGET_RANGE)
-    # whatever each image's own size, the crops' diameters cover diam_mean / 4 .. diam_mean * 4
-    assert targets.shape == (40,) and np.all(np.abs(targets) <= bound + 1e-6)
-    assert targets.min() < -0.6 * bound and targets.max() > 0.6 * bound
+    d = T.median_diameter(sample.labels)
+    log_zoom = targets - np.log(d / net.config.diam_mean)  # target = log(zoom * d / diam_mean)
+    bound = np.log(T.SIZE_ZOOM_RANGE)
+    assert targets.shape == (30,) and np.all(np.abs(log_zoom) <= bound + 1e-6)
+    assert log_zoom.min() < -0.6 * bound and log_zoom.max() > 0.6 * bound
 
 
 def test_flow_grid_shortcut_equals_compute_masks():
@@ -399,3 +399,18 @@ def test_float16_path_scales_the_loss_and_checkpoints_the_scaler(tiny_data, tmp_
     assert saved["scaler"] and saved["scaler"]["scale"] > 1  # a live loss scale was saved
     record = json.loads((res.model_dir / "training.json").read_text())
     assert record["precision"] == "float16"
+    assert record["precision_reason"] == "float16 autocast: amp=True"
+
+
+@pytest.mark.parametrize("isa, want", [("amx_bf16", torch.bfloat16), ("avx512_bf16", torch.bfloat16),
+                                       (None, None)])
+def test_cpu_mixed_precision_follows_the_isa_flags(monkeypatch, isa, want):
+    """AMX or AVX512-BF16 (e.g. AMD Zen 4, no AMX) -> bfloat16; plain AVX2 -> float32."""
+    from cellpose_nb.train import precision
+
+    for name, probe in T.BFLOAT16_ISA.items():
+        monkeypatch.setattr(torch.cpu, probe, lambda name=name: name == isa, raising=False)
+    assert precision.cpu_bfloat16_isa() == isa
+    assert T.amp_dtype(T.TrainConfig(), "cpu") == want
+    reason = T.precision_reason(T.TrainConfig(), "cpu")
+    assert (isa in reason) if isa else ("none of amx_bf16, avx512_bf16" in reason)

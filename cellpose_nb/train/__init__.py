@@ -62,14 +62,21 @@ from cellpose_nb.train.inputs import (
 )
 from cellpose_nb.train.loop import train
 from cellpose_nb.train.loss import DECAY_RULE, learning_rate_schedule, segmentation_loss
-from cellpose_nb.train.precision import AMP_DTYPES, amp_dtype, cpu_has_bfloat16_units
+from cellpose_nb.train.precision import (
+    AMP_DTYPES,
+    BFLOAT16_ISA,
+    amp_dtype,
+    cpu_bfloat16_isa,
+    cpu_has_bfloat16_units,
+    precision_reason,
+)
 from cellpose_nb.train.recipe import finish_model, train_folder
 from cellpose_nb.train.size_model import (
     SIZE_CROP,
     SIZE_L2,
     SIZE_L2_GRID,
     SIZE_PASSES,
-    SIZE_TARGET_RANGE,
+    SIZE_ZOOM_RANGE,
     SIZE_VAL_ZOOMS,
     fit_size_model,
     select_size_model,
@@ -87,6 +94,8 @@ __all__ = [
     "InputRecipe",
     "amp_dtype",
     "cpu_has_bfloat16_units",
+    "cpu_bfloat16_isa",
+    "precision_reason",
     "TrainResult",
     "SizeModel",
     "DiameterEstimate",
@@ -110,8 +119,8 @@ __all__ = [
     # constants (MIN_DIAMETER and SIZE_MODEL_FILE are owned by cellpose_nb.predict,
     # MIN_SIZE by cellpose_nb.masks)
     "MIN_DIAMETER", "DECAY_RULE", "CHECKPOINT_FILE", "HISTORY_FILE", "HISTORY_COLUMNS",
-    "MODEL_DIR", "FLOW_CACHE_DIR", "SIZE_MODEL_FILE", "SIZE_CROP", "SIZE_TARGET_RANGE",
+    "MODEL_DIR", "FLOW_CACHE_DIR", "SIZE_MODEL_FILE", "SIZE_CROP", "SIZE_ZOOM_RANGE",
     "SIZE_VAL_ZOOMS",
     "SIZE_PASSES", "SIZE_L2", "SIZE_L2_GRID", "CELLPROB_GRID", "FLOW_GRID", "AP_IOU",
-    "VAL_FRACTION", "MIN_SIZE", "AMP_DTYPES",
+    "VAL_FRACTION", "MIN_SIZE", "AMP_DTYPES", "BFLOAT16_ISA",
 ]

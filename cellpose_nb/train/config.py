@@ -65,7 +65,7 @@ class TrainConfig:
     min_train_masks: int = 5  # drop training images with fewer objects (Cellpose: 5)
     seed: int = 0  # seeds data order, augmentations, new weights, the split and the size crops
     device: str | None = None  # None: cuda -> mps -> cpu
-    amp: bool | None = None  # mixed precision (AMP_DTYPES); None: cuda, and CPUs with AMX (amp_dtype)
+    amp: bool | None = None  # mixed precision (AMP_DTYPES); None: cuda, and CPUs with AMX or AVX512-BF16 (amp_dtype)
     val_every: int = 10  # validate every this many epochs (and after the last)
     save_every: int = 5  # checkpoint every this many epochs (and after the last)
     num_threads: int | None = None  # torch.set_num_threads during training; None: unchanged

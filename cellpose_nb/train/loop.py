@@ -46,7 +46,7 @@ from cellpose_nb.train.inputs import (
     data_hash,
 )
 from cellpose_nb.train.loss import learning_rate_schedule
-from cellpose_nb.train.precision import _torch_threads
+from cellpose_nb.train.precision import _torch_threads, precision_reason
 from cellpose_nb.train.steps import _epoch_rng, _Run, _validation_rng
 from cellpose_nb.train.thresholds import AP_IOU
 
@@ -296,6 +296,7 @@ def train(images, labels, model=None, *, config=None, val_data=None, names=None,
             "kept_train_indices": kept, "diam_labels": model.record.diam_labels,
             "epochs_done": state["epoch"], "completed": completed, "device": str(device),
             "precision": str(run.amp_dtype or torch.float32).removeprefix("torch."),
+            "precision_reason": precision_reason(config, device.type),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if previous_record:
             record["pretrained"] = previous_record

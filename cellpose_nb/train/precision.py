@@ -1,5 +1,8 @@
 """How a training run computes: mixed precision per device, and torch's thread count.
 
+On the CPU, mixed precision (bfloat16) is on by default where the CPU computes
+bfloat16 natively, as its instruction-set flags say (AMX or AVX512-BF16).
+
 The weights, the loss and the optimizer stay float32; only the network's
 forward pass runs under ``torch.autocast`` with the dtype of
 :func:`amp_dtype`.
@@ -13,25 +16,43 @@ import torch
 
 from cellpose_nb.train.config import TrainConfig
 
-__all__ = ["AMP_DTYPES", "cpu_has_bfloat16_units", "amp_dtype"]
+__all__ = ["AMP_DTYPES", "BFLOAT16_ISA", "cpu_bfloat16_isa", "cpu_has_bfloat16_units", "amp_dtype",
+           "precision_reason"]
 
 #: Mixed precision: the autocast dtype per device type.  No autocast on mps.  On
-#: the CPU, bfloat16 convolutions are fast only where the CPU has bfloat16 matrix
-#: units (Intel AMX); there ``TrainConfig(amp=None)`` uses them (see
-#: :func:`cpu_has_bfloat16_units`; benchmarks/train_vs_cellpose.py measures it).
+#: the CPU, bfloat16 convolutions are fast only where the CPU computes bfloat16
+#: natively (see :func:`cpu_bfloat16_isa`); there ``TrainConfig(amp=None)`` uses
+#: them (benchmarks/train_vs_cellpose.py and benchmarks/precision.py measure it).
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
+#: the instruction-set extensions that compute bfloat16 natively, best first, with
+#: torch's probe of each (oneDNN uses them for bfloat16 convolutions)
+BFLOAT16_ISA = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+
+
+def cpu_bfloat16_isa() -> str | None:
+    """The first extension of ``BFLOAT16_ISA`` this CPU has, or None.
+
+    Intel AMX (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake, AMD
+    Zen 4 and later) compute bfloat16 dot products in hardware; elsewhere
+    (AVX2 laptops and servers, Apple silicon) bfloat16 convolutions are
+    emulated and slower than float32.  Decided by the ISA flags, not by a
+    vendor or a model name.
+
+    >>> cpu_bfloat16_isa() in (None, *BFLOAT16_ISA)
+    True
+    """
+    for name, probe in BFLOAT16_ISA.items():
+        try:
+            if getattr(torch.cpu, probe)():
+                return name
+        except (AttributeError, RuntimeError):  # private API: absent in other torch versions
+            continue
+    return None
 
 
 def cpu_has_bfloat16_units() -> bool:
-    """True when this CPU has bfloat16 matrix units (Intel AMX tiles).
-
-    Elsewhere (AVX2 laptops, Apple silicon, AMD before Zen 5) bfloat16
-    convolutions are emulated and can be slower than float32.
-    """
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # private API: absent in other torch versions
-        return False
+    """True when this CPU computes bfloat16 natively (:func:`cpu_bfloat16_isa`)."""
+    return cpu_bfloat16_isa() is not None
 
 
 def amp_dtype(config: TrainConfig, device_type: str):
@@ -55,6 +76,26 @@ def amp_dtype(config: TrainConfig, device_type: str):
     else:
         amp = bool(config.amp)
     return AMP_DTYPES.get(device_type) if amp else None
+
+
+def precision_reason(config: TrainConfig, device_type: str) -> str:
+    """Why :func:`amp_dtype` chose what it chose, in words (kept in ``training.json``).
+
+    >>> precision_reason(TrainConfig(amp=False), "cpu")
+    'float32: amp=False'
+    >>> precision_reason(TrainConfig(), "cuda")
+    'float16 autocast: the default on cuda'
+    """
+    dtype = amp_dtype(config, device_type)
+    name = "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+    if config.amp is not None:
+        return f"{name}: amp={config.amp}"
+    if device_type != "cpu":
+        return f"{name}: the default on {device_type}"
+    isa = cpu_bfloat16_isa()
+    if isa is None:
+        return f"{name}: this CPU has none of {', '.join(BFLOAT16_ISA)} (bfloat16 would be emulated)"
+    return f"{name}: this CPU has {isa}"
 
 
 @contextlib.contextmanager
