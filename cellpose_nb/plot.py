@@ -29,6 +29,8 @@ __all__ = [
     "show_labels",
     "overlay_labels",
     "show_flows",
+    "flow_key_rgb",
+    "show_flow_key",
     "flow_arrows",
     "quiver_flows",
     "show_trajectories",
@@ -49,6 +51,10 @@ FN_COLOR = (0.2, 0.4, 1.0)
 ARROW_FRACTION = 0.8
 #: Channel -> RGB mixing of a two-channel image: channel 0 green, channel 1 blue.
 TWO_CHANNEL_RGB = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+#: Radius, in pixels, of the disc of the flow colour key.
+FLOW_KEY_RADIUS = 32
+#: Side of an inset flow key, as a fraction of the axes it sits on.
+FLOW_KEY_INSET = 0.2
 
 
 def _get_ax(ax):
@@ -355,6 +361,69 @@ def show_flows(flows, *, ax=None, arrows=False, step=8, mask=None, title=None):
     if title:
         ax.set_title(title)
     return artists
+
+
+def flow_key_rgb(radius=FLOW_KEY_RADIUS):
+    """The flow colour key: a disc where each pixel has the colour of a flow pointing to it.
+
+    A pixel at (row, col) relative to the centre gets the colour that
+    :func:`cellpose_nb.flows.flows_to_rgb` gives the unit flow pointing from
+    the centre towards it (so "down" on an image is the colour of
+    ``d_row = +1``); the centre and the outside of the disc are black.
+
+    Examples
+    --------
+    >>> from cellpose_nb.flows import flows_to_rgb
+    >>> key = flow_key_rgb(4)
+    >>> key.shape
+    (9, 9, 3)
+    >>> bool(np.allclose(key[8, 4], flows_to_rgb(np.array([1.0, 0.0]).reshape(2, 1, 1))[0, 0]))
+    True
+    >>> float(key[0, 0].max()), float(key[4, 4].max())
+    (0.0, 0.0)
+    """
+    rows, cols = np.mgrid[-radius:radius + 1, -radius:radius + 1].astype(np.float64)
+    dist = np.hypot(rows, cols)
+    unit = np.stack([rows, cols]) / np.maximum(dist, 1.0)
+    return flows_to_rgb(unit, mask=(dist <= radius) & (dist > 0))
+
+
+def show_flow_key(ax=None, *, inset=False, radius=FLOW_KEY_RADIUS, title=None):
+    """Draw the flow colour key (:func:`flow_key_rgb`), on ``ax`` or in a corner of it.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes, optional
+    inset : bool
+        Draw the key small, in the top-right corner of ``ax`` (a flow panel),
+        instead of filling ``ax``.
+    radius : int
+        Radius of the disc in pixels.
+    title : str, optional
+
+    Returns
+    -------
+    AxesImage
+
+    Examples
+    --------
+    >>> from matplotlib.figure import Figure
+    >>> ax = Figure().subplots()
+    >>> key = show_flow_key(ax, inset=True)
+    >>> key.axes is ax, len(ax.child_axes)
+    (False, 1)
+    """
+    ax = _get_ax(ax)
+    if inset:
+        side = FLOW_KEY_INSET
+        ax = ax.inset_axes([1.0 - side, 1.0 - side, side, side])
+    artist = ax.imshow(flow_key_rgb(radius), interpolation="bilinear")
+    _bare(ax)
+    if inset:
+        ax.set_frame_on(False)
+    if title:
+        ax.set_title(title)
+    return artist
 
 
 def quiver_flows(ax, flows, *, step=8, mask=None, color="white"):

@@ -71,6 +71,7 @@ if IN_COLAB:
 import os
 
 QUICK = os.environ.get("CELLPOSE_NB_QUICK", "0") == "1"  # CI: small images, few objects
+TITLE_SIZE = 10  # one title size for every figure (matplotlib points)
 
 SEED = 0  # seed of every random draw below
 SHAPE = (128, 128) if QUICK else (256, 256)  # synthetic image size (rows, cols)
@@ -95,11 +96,18 @@ from skimage.segmentation import find_boundaries
 
 from cellpose_nb import data, normalize
 
+plt.rcParams.update({"axes.titlesize": TITLE_SIZE, "figure.titlesize": TITLE_SIZE})
+
 
 def show(fig):
     """Display a figure now and close it, so that figures do not pile up."""
     display(fig)
     plt.close(fig)
+
+
+def plural(n, noun, nouns=None):
+    """'1 step', '4 steps', '1 nucleus', '2 nuclei': a count with the right form of its noun."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def label_cmap(labels, seed=SEED):
@@ -155,7 +163,7 @@ axes[0].set_title("channel 0: cytoplasm")
 axes[1].imshow(image[..., 1], cmap="gray")
 axes[1].set_title("channel 1: nuclei")
 axes[2].imshow(label_cmap(labels))
-axes[2].set_title(f"labels: {labels.max()} cells")
+axes[2].set_title(f"labels: {plural(int(labels.max()), 'cell')}")
 axes[3].imshow(find_boundaries(labels, mode="inner"), cmap="gray")
 axes[3].set_title("object boundaries (touching cells stay apart)")
 for ax in axes:
@@ -228,9 +236,9 @@ def rgb_view(img):
 fig, axes = plt.subplots(2, len(gallery), figsize=(3.2 * len(gallery), 6.4), squeeze=False)
 for k, (title, img, lab) in enumerate(gallery):
     axes[0, k].imshow(rgb_view(img), cmap="gray")
-    axes[0, k].set_title(f"{title}\n{img.shape} {img.dtype}", fontsize=9)
+    axes[0, k].set_title(f"{title}\n{img.shape} {img.dtype}")
     axes[1, k].imshow(label_cmap(lab))
-    axes[1, k].set_title(f"{int(lab.max())} objects", fontsize=9)
+    axes[1, k].set_title(plural(int(lab.max()), 'object'))
 for ax in axes.ravel():
     ax.set_axis_off()
 show(fig)
@@ -330,7 +338,7 @@ fig, axes = plt.subplots(2, len(gallery), figsize=(3.2 * len(gallery), 5), squee
 for k, (title, img, lab) in enumerate(gallery):
     raw = np.asarray(img, np.float32)
     axes[0, k].hist(raw.ravel(), bins=N_BINS, log=True, color="0.3")
-    axes[0, k].set_title(title, fontsize=9)
+    axes[0, k].set_title(title)
     axes[1, k].hist(normalize.normalize_percentile(raw).ravel(), bins=N_BINS, range=(-0.25, 1.5), log=True)
     axes[1, k].axvline(0, color="k", lw=0.8)
     axes[1, k].axvline(1, color="k", lw=0.8)
@@ -407,7 +415,7 @@ fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
 for ax, (title, v) in zip(axes, (("fixed 1st-99th percentiles", fixed), ("sparse-aware (99.9th)", package_sparse))):
     ax.hist(v.ravel(), bins=N_BINS, log=True)
     ax.axvline(1.0, color="k", ls="--")
-    ax.set_title(f"{title}: nuclei at {np.median(v[two_nuclei]):.1f}", fontsize=9)
+    ax.set_title(f"{title}: nuclei at {np.median(v[two_nuclei]):.1f}")
 show(fig)
 
 # %% [markdown]
@@ -439,7 +447,7 @@ assert not net[1].any()
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 4))
 axes[0].imshow(rgb)
-axes[0].set_title(title, fontsize=9)
+axes[0].set_title(title)
 axes[1].imshow(normalize.to_network_input(rgb, channels=("gray", None))[0], cmap="gray", vmin=0, vmax=1)
 axes[1].set_title("luminance, normalised: nuclei dark")
 axes[2].imshow(net[0], cmap="gray", vmin=0, vmax=1)
@@ -447,6 +455,17 @@ axes[2].set_title("inverted: nuclei bright, as in fluorescence")
 for ax in axes:
     ax.set_axis_off()
 show(fig)
+
+# %% [markdown]
+# > **Cellpose 1.0 or 3?** Per-image, per-channel percentile normalisation
+# > (1st percentile -> 0, 99th -> 1) and the two-channel input (cytoplasm,
+# > nuclei or zeros) are Cellpose 1.0's, and Cellpose 3 keeps them:
+# > `cellpose` 3.1.1.2's `transforms.normalize99(lower=1, upper=99)` and
+# > `normalize_img(percentile=(1., 99.))`. The **sparse-field rule** (99.9th
+# > percentile when a channel is mostly background) is this package's, not
+# > Cellpose's: 3.1.1.2 has no such rule (it offers tile-wise normalisation,
+# > `tile_norm_blocksize`, instead). The `_seg.npy` and `_masks` folder formats
+# > are those of Cellpose's GUI and training scripts.
 
 # %% [markdown]
 # ## In practice
@@ -531,3 +550,12 @@ print(f"inverted:     nuclei {inside_inv:.2f}, background {outside_inv:.2f}")
 assert inside_plain < outside_plain and inside_inv > outside_inv
 # Without inversion the nuclei are the dark holes in a bright field: to a fluorescence-trained
 # network the background looks like one huge cell.
+
+
+# %% [markdown]
+# ## Sources
+#
+# - Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. *Nature Methods* 18, 100-106 (2021). [doi:10.1038/s41592-020-01018-x](https://doi.org/10.1038/s41592-020-01018-x) Percentile normalisation, the two-channel input, and the data sets (CIL cells, DSB2018 nuclei among them).
+# - Pachitariu, M. & Stringer, C. Cellpose 2.0: how to train your own model. *Nature Methods* 19, 1634-1641 (2022). [doi:10.1038/s41592-022-01663-4](https://doi.org/10.1038/s41592-022-01663-4) The GUI with human-in-the-loop training, whose `_seg.npy` files this notebook reads.
+# - The reference implementation, `cellpose` 3.1.1.2 (https://github.com/MouseLand/cellpose): the details marked "Cellpose 3" in this notebook were checked in its code.
+# - Caicedo, J. C. et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. *Nature Methods* 16, 1247-1253 (2019). [doi:10.1038/s41592-019-0612-7](https://doi.org/10.1038/s41592-019-0612-7) The nuclei data (DSB2018, CC0).

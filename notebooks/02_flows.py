@@ -71,6 +71,7 @@ if IN_COLAB:
 import os
 
 QUICK = os.environ.get("CELLPOSE_NB_QUICK", "0") == "1"  # CI: small images, few objects
+TITLE_SIZE = 10  # one title size for every figure (matplotlib points)
 
 SEED = 0  # seed of the synthetic image
 SHAPE = (96, 96) if QUICK else (192, 192)  # synthetic image size (rows, cols)
@@ -89,9 +90,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from cellpose_nb import data, masks, metrics
+from cellpose_nb import data, masks, metrics, plot
 from cellpose_nb.fmm import geodesic_distance
 from cellpose_nb.flows import FLOW_SCALE, flows_to_rgb, heat_map, masks_to_flows, object_centers
+
+plt.rcParams.update({"axes.titlesize": TITLE_SIZE, "figure.titlesize": TITLE_SIZE})
 
 
 def show(fig):
@@ -100,8 +103,13 @@ def show(fig):
     plt.close(fig)
 
 
-def draw_flows(ax, flows, *, step=QUIVER_STEP, title=None):
-    """Flows as colour (direction -> hue) with arrows on top, one every `step` pixels."""
+def plural(n, noun, nouns=None):
+    """'1 step', '4 steps', '1 nucleus', '2 nuclei': a count with the right form of its noun."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
+
+
+def draw_flows(ax, flows, *, step=QUIVER_STEP, title=None, key=True):
+    """Flows as colour (direction -> hue) with arrows on top, one every `step` pixels; a colour key in the corner."""
     ax.imshow(flows_to_rgb(flows))
     rows, cols = np.mgrid[: flows.shape[1] : step, : flows.shape[2] : step]
     d_row, d_col = flows[0, ::step, ::step], flows[1, ::step, ::step]
@@ -110,8 +118,10 @@ def draw_flows(ax, flows, *, step=QUIVER_STEP, title=None):
     ax.quiver(cols[keep], rows[keep], d_col[keep], d_row[keep], angles="xy", scale_units="xy",
               scale=1.0 / (0.8 * step), width=0.004, color="white")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     ax.set_axis_off()
+    if key:
+        plot.show_flow_key(ax, inset=True)  # the colour of a flow pointing from the disc's middle to that point
 
 
 # %% [markdown]
@@ -119,7 +129,15 @@ def draw_flows(ax, flows, *, step=QUIVER_STEP, title=None):
 #
 # We draw a synthetic image and pick its largest cell. Cellpose's centre is
 # the pixel **of the cell** nearest to the mean of its pixel coordinates (the
-# mean itself can fall outside a concave cell). Everything happens in the
+# mean itself can fall outside a concave cell).
+#
+# > **Mean or median?** This is Cellpose 3's centre (`cellpose` 3.1.1.2,
+# > `dynamics.masks_to_flows_cpu`: `ymed = y.mean()`, then the cell pixel
+# > nearest to it). Cellpose 1.0 and 2.0 took the pixel nearest to the
+# > **median** of the coordinates (3.1.1.2's own docstring still says
+# > "closest to median"). The two rules can pick different pixels, most of
+# > all on lopsided cells, and then the flows differ near the centre: flows
+# > computed with one rule are not identical to the other's. Everything happens in the
 # cell's bounding box padded by one pixel, so that every cell pixel has all
 # eight neighbours.
 
@@ -160,6 +178,20 @@ print(f"cell {cell_id}: {inside.sum()} pixels, bounding box {r1 - r0} x {c1 - c0
 #    step of the heat equation);
 # 3. set every pixel outside the cell back to 0 (the cell's border absorbs heat).
 #
+# With $T^{(t)}$ the heat after $t$ steps, $c$ the centre pixel, $\Omega$ the
+# cell's pixels and $\delta_c$ one unit of heat on $c$:
+#
+# $$
+# T^{(t+1)}(p) =
+# \begin{cases}
+# \dfrac{1}{9} \displaystyle\sum_{q \in N_3(p)} \left(T^{(t)} + \delta_c\right)(q) & p \in \Omega, \\
+# 0 & p \notin \Omega,
+# \end{cases}
+# $$
+#
+# where $N_3(p)$ is the 3x3 box around $p$ (the pixel and its eight
+# neighbours) and $T^{(0)} = 0$.
+#
 # Cellpose runs `n_iter = 2 * (rows + cols)` of the padded box, enough for heat
 # to reach every corner of a compact cell.
 
@@ -193,13 +225,14 @@ assert np.allclose(heat[inside], heat_pkg[inside], rtol=1e-9, atol=0)
 # much: heat flows out through the border as fast as it is put in.
 
 # %%
-panels = [(f"after {it} steps", snaps[it]) for it in SNAPSHOTS if it in snaps] + [(f"after {n_iter} steps", heat)]
+panels = [(f"after {plural(it, 'step')}", snaps[it]) for it in SNAPSHOTS if it in snaps]
+panels.append((f"after {plural(n_iter, 'step')}", heat))
 fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
 for ax, (title, h) in zip(axes, panels):
     ax.imshow(np.log10(np.where(h > 0, h, np.nan)), cmap="magma")
     ax.contour(inside, levels=[0.5], colors="0.5", linewidths=0.8)
     ax.plot(centre[1], centre[0], "c+", ms=10)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     ax.set_axis_off()
 fig.suptitle("log10(heat)")
 show(fig)
@@ -211,7 +244,17 @@ show(fig)
 # differences on the padded crop (zero outside the cell) give the two
 # components, `d_row = T[r+1, c] - T[r-1, c]` and `d_col = T[r, c+1] - T[r, c-1]`.
 # Only the direction matters: we divide by the length, so that the flows are
-# unit vectors everywhere inside the cell (the tiny `1e-60` avoids 0/0).
+# unit vectors everywhere inside the cell (the tiny `1e-60` avoids 0/0):
+#
+# $$
+# g(r, c) = \begin{pmatrix} T(r+1, c) - T(r-1, c) \\ T(r, c+1) - T(r, c-1) \end{pmatrix},
+# \qquad
+# \text{flows}(r, c) = \frac{g(r, c)}{10^{-60} + \lVert g(r, c) \rVert}
+# \quad \text{for } (r, c) \in \Omega,
+# $$
+#
+# and 0 outside the cell. (The geodesic version of section 4 uses
+# $-\nabla D / \lVert \nabla D \rVert$ with $D$ the distance to the centre.)
 
 # %%
 def heat_flows(heat, inside):
@@ -237,7 +280,7 @@ print("largest difference, by hand vs masks_to_flows:", float(np.abs(flows_hand 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
 axes[0].imshow(heat, cmap="magma")
 axes[0].plot(centre[1], centre[0], "c+", ms=10)
-axes[0].set_title("heat (linear scale)", fontsize=9)
+axes[0].set_title("heat (linear scale)")
 axes[0].set_axis_off()
 draw_flows(axes[1], flows_hand, step=2, title="flows: colour = direction, arrows")
 show(fig)
@@ -252,18 +295,12 @@ show(fig)
 norm = np.hypot(*flows_pkg)
 assert np.allclose(norm[labels > 0], 1, atol=ATOL) and not flows_pkg[:, labels == 0].any()
 
-wheel_r, wheel_c = np.mgrid[-20:21, -20:21]
-wheel = np.stack([wheel_r, wheel_c]) / np.maximum(np.hypot(wheel_r, wheel_c), 1e-9)
-wheel *= np.hypot(wheel_r, wheel_c) <= 20
-
 fig, axes = plt.subplots(1, 3, figsize=(14, 4.5), gridspec_kw={"width_ratios": [1, 1, 0.35]})
 axes[0].imshow(sample.image[..., 0], cmap="gray")
-axes[0].set_title("cytoplasm channel", fontsize=9)
+axes[0].set_title("cytoplasm channel")
 axes[0].set_axis_off()
-draw_flows(axes[1], flows_pkg, step=2 * QUIVER_STEP, title="masks_to_flows(labels)")
-axes[2].imshow(flows_to_rgb(wheel))
-axes[2].set_title("colour key: an arrow pointing\nfrom the middle to here", fontsize=9)
-axes[2].set_axis_off()
+draw_flows(axes[1], flows_pkg, step=2 * QUIVER_STEP, title="masks_to_flows(labels)", key=False)
+plot.show_flow_key(axes[2], title="colour key: a flow pointing\nfrom the middle to here")
 show(fig)
 
 # %% [markdown]
@@ -277,8 +314,14 @@ show(fig)
 # On a pixel grid, "travelling through the cell" means steps to the 8
 # neighbours: 1 for a side step, sqrt(2) for a diagonal one. The shortest such
 # path from the centre is Dijkstra's algorithm; the package's
-# `geodesic_distance` uses scikit-image's minimum-cost-path solver, which
-# computes the same thing.
+# `geodesic_distance` uses scikit-image's minimum-cost-path solver,
+# `skimage.graph.MCP_Geometric` (Dijkstra on the pixel graph), which computes
+# the same thing.
+#
+# So the package's `method="fmm"` is **not** a fast-marching solver of the
+# eikonal equation: it is Dijkstra on the 8-connected pixel graph, whose
+# distances are path lengths made of side and diagonal steps (section 5 shows
+# what that does to the field). The name follows the slides.
 
 # %%
 def dijkstra(inside, start):
@@ -341,7 +384,7 @@ assert np.allclose(fmm_hand, fmm_crop, atol=ATOL)
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
 axes[0].imshow(np.where(inside, dist, np.nan), cmap="viridis")
 axes[0].plot(centre[1], centre[0], "r+", ms=10)
-axes[0].set_title("geodesic distance from the centre", fontsize=9)
+axes[0].set_title("geodesic distance from the centre")
 axes[0].set_axis_off()
 draw_flows(axes[1], fmm_hand, step=2, title="geodesic flows, -grad(distance)")
 draw_flows(axes[2], flows_hand, step=2, title="heat flows (section 3)")
@@ -396,11 +439,11 @@ fig, axes = plt.subplots(len(shapes), 4, figsize=(15, 3.6 * len(shapes)))
 for row, (name, res) in zip(axes, results.items()):
     lab, cell = res["lab"], res["lab"] > 0
     row[0].imshow(np.log10(np.where(cell, heat_map(lab), np.nan)), cmap="magma")
-    row[0].set_title(f"{name}: log10(heat)", fontsize=9)
+    row[0].set_title(f"{name}: log10(heat)")
     draw_flows(row[1], res["heat"], title="heat flows")
     draw_flows(row[2], res["fmm"], title="geodesic (fmm) flows")
     im = row[3].imshow(np.where(cell, res["cos"], np.nan), cmap="RdBu", vmin=-1, vmax=1)
-    row[3].set_title(f"cosine agreement, mean {res['cos'][cell].mean():.2f}", fontsize=9)
+    row[3].set_title(f"cosine agreement, mean {res['cos'][cell].mean():.2f}")
     fig.colorbar(im, ax=row[3], shrink=0.8)
     for ax in (row[0], row[3]):
         ax.plot(res["centers"][:, 1], res["centers"][:, 0], "k+", ms=10, mew=2)
@@ -465,7 +508,7 @@ fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
 for ax, method in zip(axes, ("heat", "fmm")):
     found = results["C (concave)"][f"{method}_masks"]
     ax.imshow(np.random.default_rng(SEED).uniform(0.2, 1, (int(found.max()) + 1, 3))[found] * (found > 0)[..., None])
-    ax.set_title(f"C shape, masks from {method} flows: {found.max()}", fontsize=9)
+    ax.set_title(f"C shape, {method} flows: {plural(int(found.max()), 'mask')}")
     ax.set_axis_off()
 show(fig)
 
@@ -501,10 +544,23 @@ fig, axes = plt.subplots(1, 3, figsize=(13, 4))
 for ax, k, title in zip(axes, range(3), ("FLOW_SCALE x d_row", "FLOW_SCALE x d_col", "cell probability target")):
     im = ax.imshow(target[k], cmap="RdBu_r" if k < 2 else "gray", vmin=-FLOW_SCALE if k < 2 else 0,
                    vmax=FLOW_SCALE if k < 2 else 1)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     ax.set_axis_off()
     fig.colorbar(im, ax=ax, shrink=0.8)
 show(fig)
+
+# %% [markdown]
+# > **Cellpose 1.0 or 3?** Heat diffusion from a centre pixel, the 3x3 box
+# > average and the normalised gradient are Cellpose 1.0's method. The details
+# > checked in `cellpose` 3.1.1.2 (`dynamics.masks_to_flows_cpu` and
+# > `_extend_centers`): the centre is the cell pixel nearest the **mean** (1.0
+# > and 2.0: the median, see section 1); each step adds 1 at the centre and
+# > averages the 3x3 box (`1 / 9.` times the nine pixels) on the cell's pixels
+# > only; `n_iter = 2 * (rows + cols)` of the box padded by one pixel; the
+# > gradient is a central difference, normalised with `1e-60`. `FLOW_SCALE = 5`
+# > (the network predicts 5 x the unit flows) is 3.1.1.2's training target
+# > (`train._loss_fn_seg`). The geodesic (`"fmm"`) flows are this package's, after the method
+# > slides; Cellpose does not compute them.
 
 # %% [markdown]
 # ## In practice
@@ -543,7 +599,7 @@ print(f"{dead.sum()} of {(lab > 0).sum()} pixels have no flow after 10 steps")
 assert dead.sum() > 0 and not ((lab > 0) & (np.hypot(*masks_to_flows(lab)) == 0)).any()
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.imshow(lab + dead, cmap="viridis")
-ax.set_title("yellow: heat has not arrived (more than ~10 px from the centre)", fontsize=9)
+ax.set_title("yellow: heat has not arrived (more than ~10 px from the centre)")
 ax.set_axis_off()
 show(fig)
 
@@ -582,3 +638,11 @@ fig, ax = plt.subplots(figsize=(4, 4))
 draw_flows(ax, f, title="heat from the deepest pixel")
 ax.plot(deep[1] - 1, deep[0] - 1, "w+", ms=12, mew=2)
 show(fig)
+
+
+# %% [markdown]
+# ## Sources
+#
+# - Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. *Nature Methods* 18, 100-106 (2021). [doi:10.1038/s41592-020-01018-x](https://doi.org/10.1038/s41592-020-01018-x) The flows: a simulated heat diffusion from the centre of each cell, and its normalised gradient.
+# - Stringer, C. & Pachitariu, M. Cellpose3: one-click image restoration for improved cellular segmentation. *Nature Methods* 22, 592-599 (2025). [doi:10.1038/s41592-025-02595-5](https://doi.org/10.1038/s41592-025-02595-5) Cellpose 3, whose code fixes the centre (nearest the mean) and the iteration count shown here.
+# - The reference implementation, `cellpose` 3.1.1.2 (https://github.com/MouseLand/cellpose): the details marked "Cellpose 3" in this notebook were checked in its code.

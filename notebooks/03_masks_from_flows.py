@@ -68,6 +68,7 @@ if IN_COLAB:
 import os
 
 QUICK = os.environ.get("CELLPOSE_NB_QUICK", "0") == "1"  # CI: small images, few objects
+TITLE_SIZE = 10  # one title size for every figure (matplotlib points)
 
 SEED = 0  # seed of the synthetic images and of the noise
 SHAPE = (96, 96) if QUICK else (256, 256)  # synthetic image size (rows, cols)
@@ -90,14 +91,21 @@ import numpy as np
 from IPython.display import display
 from scipy import ndimage
 
-from cellpose_nb import data, masks, metrics
+from cellpose_nb import data, masks, metrics, plot
 from cellpose_nb.flows import flows_to_rgb, masks_to_flows, object_centers
+
+plt.rcParams.update({"axes.titlesize": TITLE_SIZE, "figure.titlesize": TITLE_SIZE})
 
 
 def show(fig):
     """Display a figure now and close it, so that figures do not pile up."""
     display(fig)
     plt.close(fig)
+
+
+def plural(n, noun, nouns=None):
+    """'1 step', '4 steps', '1 nucleus', '2 nuclei': a count with the right form of its noun."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def label_rgb(labels, seed=SEED):
@@ -121,17 +129,18 @@ flows = masks_to_flows(labels)
 cellprob = np.where(labels > 0, 5.0, -5.0).astype(np.float32)
 foreground = cellprob > 0  # the pixels that will move
 flows_fg = flows * foreground  # as compute_masks does: no flow outside the cells
-print(f"{labels.max()} cells, {foreground.sum()} foreground pixels")
+print(f"{plural(int(labels.max()), 'cell')}, {foreground.sum()} foreground pixels")
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
 axes[0].imshow(sample.image[..., 0], cmap="gray")
-axes[0].set_title("image (cytoplasm)", fontsize=9)
+axes[0].set_title("image (cytoplasm)")
 axes[1].imshow(label_rgb(labels))
-axes[1].set_title("true labels", fontsize=9)
+axes[1].set_title("true labels")
 axes[2].imshow(flows_to_rgb(flows))
-axes[2].set_title("flows", fontsize=9)
+axes[2].set_title("flows (colour = direction, key in the corner)")
 for ax in axes:
     ax.set_axis_off()
+plot.show_flow_key(axes[2], inset=True)
 show(fig)
 
 # %% [markdown]
@@ -146,7 +155,21 @@ show(fig)
 # (y, x) <- clip((y, x) + flow(y, x), 0, (H - 1, W - 1))
 # ```
 #
-# and Cellpose takes 200 of them. Flows have length 1, so a particle moves at
+# In symbols: with $u$ the flow field, known at the integer pixels, and
+# $p_t = (y_t, x_t)$ the particle's position after $t$ steps, starting at its
+# pixel $p_0$,
+#
+# $$
+# p_{t+1} = \operatorname{clip}\big(p_t + \tilde u(p_t)\big), \qquad
+# \tilde u(y, x) = \sum_{i, j \in \{0, 1\}} w_i(y)\, w_j(x)\; u\big(\lfloor y \rfloor + i, \lfloor x \rfloor + j\big),
+# $$
+#
+# with the bilinear weights $w_0(s) = 1 - (s - \lfloor s \rfloor)$ and
+# $w_1(s) = s - \lfloor s \rfloor$ (they sum to 1), corner indices clipped to
+# the image, and $\operatorname{clip}$ keeping $p$ inside
+# $[0, H - 1] \times [0, W - 1]$.
+#
+# Cellpose takes 200 of them. Flows have length 1, so a particle moves at
 # most one pixel per step: 200 steps cross any cell. Written in float32, in the
 # same order of operations as the package, so that the two agree to the last bit.
 
@@ -208,11 +231,11 @@ axes[0].imshow(sample.image[..., 0], cmap="gray")
 for k in range(paths.shape[2]):
     axes[0].plot(paths[:, 1, k], paths[:, 0, k], lw=0.8, color=plt.cm.viridis(k / paths.shape[2]))
 axes[0].plot(grid[:, 1], grid[:, 0], "w.", ms=2)
-axes[0].set_title("trajectories from a grid of pixels", fontsize=9)
+axes[0].set_title("trajectories from a grid of pixels")
 axes[1].imshow(sample.image[..., 0], cmap="gray")
 axes[1].plot(result.ends[1], result.ends[0], "r.", ms=3, alpha=0.3)
 axes[1].plot(centres[:, 1], centres[:, 0], "w+", ms=10, mew=1.5)
-axes[1].set_title("end points of all pixels (red), centre pixels (white)", fontsize=9)
+axes[1].set_title("end points of all pixels (red), centre pixels (white)")
 for ax in axes:
     ax.set_axis_off()
 show(fig)
@@ -269,14 +292,14 @@ def cluster_by_hand(ends, starts, shape):
 found_hand, hist, seeds = cluster_by_hand(result.ends, result.starts, labels.shape)
 found = masks.cluster_endpoints(result.ends, result.starts, labels.shape)
 assert np.array_equal(found, found_hand)
-print(f"exact flows: {len(seeds)} seeds, {found.max()} masks, {labels.max()} true cells")
+print(f"exact flows: {plural(len(seeds), 'seed')}, {plural(int(found.max()), 'mask')}, {plural(int(labels.max()), 'true cell')}")
 
 # with slightly noisy flows the end points of a cell spread over a few bins: the growth matters
 jitter = CLUSTER_SIGMA * np.random.default_rng(SEED).standard_normal(flows.shape).astype(np.float32)
 noisy_result = masks.follow_flows((flows + jitter) * foreground, foreground, n_iter=N_ITER)
 noisy_found, noisy_hist, noisy_seeds = cluster_by_hand(noisy_result.ends, noisy_result.starts, labels.shape)
 assert np.array_equal(noisy_found, masks.cluster_endpoints(noisy_result.ends, noisy_result.starts, labels.shape))
-print(f"noisy flows (sigma {CLUSTER_SIGMA}): {len(noisy_seeds)} seeds, {noisy_found.max()} masks")
+print(f"noisy flows (sigma {CLUSTER_SIGMA}): {plural(len(noisy_seeds), 'seed')}, {plural(int(noisy_found.max()), 'mask')}")
 
 def around(hist, seed):
     return hist[seed[0] - GROW_BOX : seed[0] + GROW_BOX + 1, seed[1] - GROW_BOX : seed[1] + GROW_BOX + 1]
@@ -288,14 +311,14 @@ zoom = around(noisy_hist, spread)  # the seed whose end points are most spread o
 fig, axes = plt.subplots(1, 3, figsize=(16, 5.3))
 axes[0].imshow(np.log1p(ndimage.maximum_filter(hist, size=3)), cmap="magma")  # dilated: single bins show
 axes[0].plot(seeds[:, 1], seeds[:, 0], "c+", ms=10, mew=1.5)
-axes[0].set_title("exact flows: end points per bin (log, dilated\nfor display), padded by 20; seeds (cyan)", fontsize=9)
+axes[0].set_title("exact flows: end points per bin (log, dilated\nfor display), padded by 20; seeds (cyan)")
 axes[1].imshow(np.log1p(zoom), cmap="magma")
 for (r, c), n in np.ndenumerate(zoom):
     if n:
         axes[1].text(c, r, n, ha="center", va="center", fontsize=7, color="c")
-axes[1].set_title(f"noisy flows (sigma {CLUSTER_SIGMA}): end points around one seed\n(11x11 box, counts per bin)", fontsize=9)
+axes[1].set_title(f"noisy flows (sigma {CLUSTER_SIGMA}): end points around one seed\n(11x11 box, counts per bin)")
 axes[2].imshow(label_rgb(found))
-axes[2].set_title(f"masks from the exact flows: {found.max()}", fontsize=9)
+axes[2].set_title(f"masks from the exact flows: {found.max()}")
 for ax in axes:
     ax.set_axis_off()
 show(fig)
@@ -352,12 +375,12 @@ print("half cell", "removed" if not (kept == c).any() else "kept", "at threshold
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 5))
 axes[0].imshow(label_rgb(wrong))
-axes[0].set_title("labels with a merged and a halved mask", fontsize=9)
+axes[0].set_title("labels with a merged and a halved mask")
 im = axes[1].imshow(np.where(wrong > 0, sq, np.nan), cmap="inferno", vmin=0, vmax=4)
-axes[1].set_title("squared flow difference per pixel (0..4)", fontsize=9)
+axes[1].set_title("squared flow difference per pixel (0..4)")
 fig.colorbar(im, ax=axes[1], shrink=0.8)
 axes[2].imshow(label_rgb(kept))
-axes[2].set_title("after remove_bad_flow_masks(threshold=0.4)", fontsize=9)
+axes[2].set_title("after remove_bad_flow_masks(threshold=0.4)")
 for ax in axes:
     ax.set_axis_off()
 show(fig)
@@ -438,7 +461,7 @@ for ax, name in zip(axes, noises):
         ax.plot(NOISE_SIGMAS, ap_curves[name, th][:, 1], "s--", color=colour, alpha=0.6, label=f"{label}, AP@0.9")
     for th in FLOW_THRESHOLDS[1:]:
         ax.axvline(np.sqrt(th / 2), color="k", lw=0.6, ls=":")
-    ax.set_title(f"{name} noise", fontsize=10)
+    ax.set_title(f"{name} noise")
     ax.set_xlabel("noise sigma per flow component")
 axes[0].set_ylabel("average precision")
 axes[1].legend(fontsize=7)
@@ -469,15 +492,30 @@ for th in FLOW_THRESHOLDS[1:]:  # far past sqrt(t / 2) the check removes (almost
 noisy = flows + EXAMPLE_SIGMA * smooth
 fig, axes = plt.subplots(1, 1 + len(FLOW_THRESHOLDS), figsize=(4 * (1 + len(FLOW_THRESHOLDS)), 4.3))
 axes[0].imshow(flows_to_rgb(noisy, mask=foreground))
-axes[0].set_title(f"flows + smoothed noise, sigma {EXAMPLE_SIGMA}", fontsize=9)
+axes[0].set_title(f"flows + smoothed noise, sigma {EXAMPLE_SIGMA}")
+plot.show_flow_key(axes[0], inset=True)
 for ax, th in zip(axes[1:], FLOW_THRESHOLDS):
     pred = masks.compute_masks(noisy, cellprob, flow_threshold=th, n_iter=N_ITER)
     ap5, ap9 = metrics.average_precision(labels, pred, thresholds=[0.5, 0.9])[0]
     ax.imshow(label_rgb(pred))
-    ax.set_title(f"flow_threshold {th}: {pred.max()} masks ({labels.max()} cells)\nAP@0.5 {ap5:.2f}, AP@0.9 {ap9:.2f}", fontsize=9)
+    ax.set_title(f"flow_threshold {th}: {plural(int(pred.max()), 'mask')} ({plural(int(labels.max()), 'cell')})\nAP@0.5 {ap5:.2f}, AP@0.9 {ap9:.2f}")
 for ax in axes:
     ax.set_axis_off()
 show(fig)
+
+# %% [markdown]
+# > **Cellpose 1.0 or 3?** Following the flows with Euler steps and grouping
+# > the end points is Cellpose 1.0's method. The details shown here are those
+# > of `cellpose` 3.1.1.2 (checked in `dynamics.py` and `models.py`): bilinear
+# > interpolation of the flows (`steps_interp`, with `grid_sample`); 200 steps,
+# > or `200 / rescale` when the image is zoomed (`CellposeModel.eval`); the
+# > histogram padded by `rpad = 20`, seeds at maxima of a 5x5 neighbourhood
+# > with more than 10 end points, grown within an 11x11 box
+# > (`get_masks_torch`); masks above `max_size_fraction = 0.4` of the image
+# > and below `min_size = 15` pixels dropped; and the flow check
+# > (`metrics.flow_error`: mean squared difference with the predicted flows
+# > divided by 5, `flow_threshold = 0.4`). The network's flows are 5 x the
+# > unit flows in all of this.
 
 # %% [markdown]
 # ## In practice
@@ -513,7 +551,7 @@ ap_by_steps = {}
 for n in (5, 20, N_ITER):
     pred = masks.compute_masks(flows, cellprob, n_iter=n)
     ap_by_steps[n] = metrics.average_precision(labels, pred, thresholds=[0.5, 0.9])[0]
-    print(f"n_iter {n:3d}: {pred.max():3d} masks, area {(pred > 0).sum()} of {(labels > 0).sum()}, "
+    print(f"n_iter {n:3d}: {plural(int(pred.max()), 'mask'):>9s}, area {(pred > 0).sum()} of {(labels > 0).sum()}, "
           f"AP@0.5 {ap_by_steps[n][0]:.2f}, AP@0.9 {ap_by_steps[n][1]:.2f}")
 # After 5 steps only the particles that started near a centre have arrived: the seed and its small
 # grown region (5 bins around it) hold those, and the others end in sparse bins that belong to no
@@ -550,7 +588,15 @@ print("fraction of particles ending on the background:",
       np.mean(labels[res.ends[0].round().astype(int), res.ends[1].round().astype(int)] == 0).round(2))
 for th in (0.0, 0.4):
     pred = masks.compute_masks(-flows, cellprob, flow_threshold=th)
-    print(f"flow_threshold {th}: {pred.max()} masks")
+    print(f"flow_threshold {th}: {plural(int(pred.max()), 'mask')}")
 # Particles run to the cell borders and stop there (no flow outside the foreground); the border
 # pixels become many thin masks, and the flow check, seeing flows opposite to a cell's, removes them.
 assert masks.compute_masks(-flows, cellprob, flow_threshold=0.4).max() == 0
+
+
+# %% [markdown]
+# ## Sources
+#
+# - Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. *Nature Methods* 18, 100-106 (2021). [doi:10.1038/s41592-020-01018-x](https://doi.org/10.1038/s41592-020-01018-x) The dynamics (Euler steps, end-point clustering) and the flow-error check.
+# - Stringer, C. & Pachitariu, M. Cellpose3: one-click image restoration for improved cellular segmentation. *Nature Methods* 22, 592-599 (2025). [doi:10.1038/s41592-025-02595-5](https://doi.org/10.1038/s41592-025-02595-5) Cellpose 3, whose code (`cellpose` 3.1.1.2) fixes the details listed in the box above.
+# - The reference implementation, `cellpose` 3.1.1.2 (https://github.com/MouseLand/cellpose): the details marked "Cellpose 3" in this notebook were checked in its code.

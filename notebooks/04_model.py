@@ -73,6 +73,7 @@ if IN_COLAB:
 import os
 
 QUICK = os.environ.get("CELLPOSE_NB_QUICK", "0") == "1"  # CI: small inputs, few images
+TITLE_SIZE = 10  # one title size for every figure (matplotlib points)
 
 SEED = 0  # seed of every random weight and image below
 THREADS = 1 if QUICK else None  # torch CPU threads (None: torch's default); small tensors run best on one
@@ -107,11 +108,18 @@ torch.manual_seed(SEED)
 if THREADS is not None:
     torch.set_num_threads(THREADS)
 
+plt.rcParams.update({"axes.titlesize": TITLE_SIZE, "figure.titlesize": TITLE_SIZE})
+
 
 def show(fig):
     """Display a figure now and close it, so that figures do not pile up."""
     display(fig)
     plt.close(fig)
+
+
+def plural(n, noun, nouns=None):
+    """'1 step', '4 steps', '1 nucleus', '2 nuclei': a count with the right form of its noun."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def randomize_batchnorm(net, seed=SEED):
@@ -611,7 +619,7 @@ for ax, g, title in zip(axes, (grad_style, grad_conv), ("with the style", "style
     half = RF / 2
     ax.add_patch(Rectangle((centre[1] - half, centre[0] - half), RF, RF, fill=False, ec="c", lw=1, ls="--"))
     ax.plot(centre[1], centre[0], "c+", ms=10)
-    ax.set_title(f"log10 |d y[cellprob, centre] / d x|, {title}", fontsize=9)
+    ax.set_title(f"log10 |d y[cellprob, centre] / d x|, {title}")
     ax.set_axis_off()
 fig.colorbar(im, ax=axes, shrink=0.8)
 show(fig)
@@ -626,26 +634,25 @@ show(fig)
 #
 # ## 9. The style vector as a summary of the image
 #
-# The style is an average over the whole image of the deepest features, so
-# images that look alike should have similar styles. Cellpose uses this to
-# estimate the cell diameter of a new image (a linear regression from the
-# style to the log diameter, notebook 05). Let us look at the styles of
-# synthetic images with cells of different diameters, sparse and dense.
+# **Why a style vector at all?** Cellpose is a *generalist*: one network for
+# fluorescence and brightfield, cytoplasm and nuclei, sparse and crowded
+# fields. The style vector is how that one network adapts to the kind of image
+# it is looking at: it is computed from the image itself and added, through a
+# learned linear projection, to the features of every upsampling convolution
+# (section 4), so the same weights can decode differently for different image
+# types. Stringer et al. (2021) introduced it for this reason and showed that
+# the styles of their images group by image type.
 #
-# A trained model would be best. `load_pretrained("nuclei")` loads one if the
-# package ships it; otherwise we fall back to a **random** network (untrained
-# weights) and see what it does anyway.
+# The style is an average over the whole image of the deepest features, so
+# images that look alike should have similar styles. Cellpose also uses it to
+# estimate the cell diameter of a new image (a linear regression from the
+# style to the log diameter, notebook 05). Let us look at the styles that the
+# **trained** nuclei model shipped with the package gives to synthetic images
+# with cells of different diameters, sparse and dense.
 
 # %%
-try:
-    style_net = model.load_pretrained("nuclei", device="cpu")
-    style_source = "pretrained nuclei model"
-except (FileNotFoundError, ValueError) as err:
-    print("no pretrained model:", str(err).split(";")[0])
-    torch.manual_seed(SEED)
-    style_net = CellposeUNet(ModelConfig(features=FEATURES)).eval()
-    style_source = "random network (untrained)"
-print("styles from:", style_source)
+style_net = model.load_pretrained("nuclei", device="cpu")
+style_source = "trained nuclei model"
 
 inputs, diameters, covers = [], [], []
 for d in STYLE_DIAMETERS:
@@ -703,20 +710,32 @@ cbar.set_label("cell diameter (px)")
 axes[0].set_xlabel(f"PC1 ({explained[0]:.0%})")
 axes[0].set_ylabel(f"PC2 ({explained[1]:.0%})")
 axes[0].legend(fontsize=8)
-axes[0].set_title(f"styles of {len(styles)} images, {style_source}", fontsize=9)
+axes[0].set_title(f"styles of {plural(len(styles), 'image')}, {style_source}")
 for ax, k in zip(axes[1:], (0, len(inputs) - 1)):
     plot.show_image(inputs[k][0], ax=ax, title=f"diameter {diameters[k]:g} px, {covers[k]:.0%} covered")
 show(fig)
 
 # %% [markdown]
-# Even without training the styles are organised: one direction separates
-# sparse from dense images and the other orders them by cell size (the printed
-# correlations say which is which; that depends on the images and the
-# weights). The deepest features of a random network already respond to how
-# much structure there is, and at which scale. A linear fit from the styles to
-# the log diameter is Cellpose's *size model*; a trained network makes it far
-# more reliable, on real images (notebook 05 fits one).
-#
+# The trained network's styles are organised: the first two principal
+# components follow the cell size and how much of the image is covered (the
+# printed correlations say which component follows which; that depends on the
+# images and the weights). This is the summary of "what kind of image is this"
+# that the upsampling path receives. A linear fit from the styles to the log
+# diameter is Cellpose's *size model*; Cellpose's is a ridge regression on
+# all 256 dimensions, fitted on real images (notebook 05 fits one).
+
+# %% [markdown]
+# > **Cellpose 1.0 or 3?** The architecture is Cellpose 1.0's, and `cellpose`
+# > 3.1.1.2's `CPnet` (`resnet_torch.py`) keeps it, which is why this package
+# > can load Cellpose's weights: widths `nbase = [32, 64, 128, 256]` after the
+# > input channels, residual blocks of BatchNorm -> ReLU -> 3x3 convolution,
+# > additive skips, and the style vector (`make_style`: global average pool of
+# > the deepest features, divided by its L2 norm) projected and added in the
+# > upsampling blocks. The size model from the styles (section 9, notebook 05)
+# > is also Cellpose 1.0's. What Cellpose 3 adds on top (image-restoration
+# > networks in front of the segmentation network) is not used in this course.
+
+# %% [markdown]
 # ## In practice
 #
 # - **Sizes.** Inputs must be multiples of 8 (`ModelConfig.size_multiple`);
@@ -793,3 +812,11 @@ with torch.no_grad():
 assert cfg3.size_multiple == 4 and y3.shape[-2:] == (100, 100) and style3.shape == (1, 128)
 # 100 x 100 is fine now (a multiple of 4), the field shrinks to about half (116 px), and dropping
 # the 256-channel scale removes most of the parameters: the deepest scale is the expensive one.
+
+
+# %% [markdown]
+# ## Sources
+#
+# - Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. *Nature Methods* 18, 100-106 (2021). [doi:10.1038/s41592-020-01018-x](https://doi.org/10.1038/s41592-020-01018-x) The network: residual U-Net, additive skips, the style vector and why it is there; the size model.
+# - Stringer, C. & Pachitariu, M. Cellpose3: one-click image restoration for improved cellular segmentation. *Nature Methods* 22, 592-599 (2025). [doi:10.1038/s41592-025-02595-5](https://doi.org/10.1038/s41592-025-02595-5) Cellpose 3, whose code (`cellpose` 3.1.1.2, `resnet_torch.CPnet`) is the reference checked here.
+# - The reference implementation, `cellpose` 3.1.1.2 (https://github.com/MouseLand/cellpose): the details marked "Cellpose 3" in this notebook were checked in its code.

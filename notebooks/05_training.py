@@ -122,6 +122,7 @@ from cellpose_nb import data, metrics, model, plot, predict
 from cellpose_nb.augment import random_transform, similarity_matrix, warp_sample
 from cellpose_nb.flows import FLOW_SCALE, masks_to_flows
 from cellpose_nb.model import CellposeUNet, ModelConfig, count_parameters
+from cellpose_nb.normalize import to_network_input
 from cellpose_nb.train import (
     TrainConfig,
     cached_flows,
@@ -197,14 +198,21 @@ show(fig)
 # logit of the cell probability. The loss adds two terms, each a mean over all
 # pixels of the batch:
 #
-# - **flows**: half the mean squared error, `0.5 * mean((y_flow - 5 * flows)^2)`;
-# - **cell probability**: binary cross-entropy of the logit `z` against the
-#   mask `t = labels > 0`, `-[t log s(z) + (1 - t) log(1 - s(z))]` with the
-#   sigmoid `s`, written in the numerically safe form
-#   `max(z, 0) - z t + log(1 + exp(-|z|))`.
+# - **flows**: half the mean squared error against the scaled flows $5\,\mathbf{v}$;
+# - **cell probability**: binary cross-entropy of the logit $z$ against the
+#   mask $t = [\text{labels} > 0]$, with the sigmoid $\sigma$.
 #
-# Why 5x? The flows are unit vectors; scaled by 5, their squared errors weigh
-# 25 times more against the cross-entropy (exercise 1).
+# Over the $N$ pixels $p$ of the batch, with the predicted flows
+# $\hat{\mathbf{y}}_p$ (two components) and the true unit flows $\mathbf{v}_p$:
+#
+# $$
+# L = \frac{1}{2}\,\frac{1}{2N}\sum_p \big\lVert \hat{\mathbf{y}}_p - 5\,\mathbf{v}_p \big\rVert^2
+#   \;-\; \frac{1}{N}\sum_p \Big[t_p \log \sigma(z_p) + (1 - t_p) \log\big(1 - \sigma(z_p)\big)\Big],
+# $$
+#
+# the cross-entropy written in the numerically safe form
+# $\max(z, 0) - z\,t + \log(1 + e^{-|z|})$. Why scale the flows by
+# `FLOW_SCALE = 5` at all? Exercise 1 asks.
 
 # %%
 def loss_by_hand(y, flows, mask):
@@ -604,49 +612,74 @@ print("reloaded from", result.model_dir.name, "with the same outputs; training r
 # ## 9. After the loop: the size model
 #
 # A trained network can also guess the cell size of a new image, from its
-# style vector (notebook 04): Cellpose crops the training images at random
-# zooms, runs the network, and fits a ridge regression from the style to the
-# log of the (zoomed) median diameter. `fit_size_model` does that;
-# `finish_model` (called by `train_folder` and the CLI) also tunes the
-# cell-probability and flow thresholds on the validation images and saves
-# everything in the model folder.
+# style vector (notebook 04). `fit_size_model` crops the training images at
+# random zooms, computes each crop's style and fits a ridge regression from
+# the style to the log of the crop's median diameter. The zooms are spread
+# evenly (in log) from 1/2.2 to 2.2 times each image's own size, so that the
+# regression has seen cells up to twice as large or small as the training
+# images' (Cellpose zooms by 0.5-1.5). The style is the one inference uses:
+# `predict_style`, the encoder alone on at most 2 x 2 tiles, half the cost
+# of the network on every tile. `finish_model` (called by `train_folder` and
+# the CLI) also tunes the cell-probability and flow thresholds on the
+# validation images and saves everything in the model folder.
 
 # %%
 size_model = fit_size_model(train_inputs, train_labels, result.model, n_passes=SIZE_PASSES,
                             crop_size=SIZE_CROP, seed=SEED)
 for x, lab in zip(val_inputs, val_labels):
-    style = predict.run_net(x, result.model).style  # the network on the whole image (padded, tiled)
+    style = predict.predict_style(x, result.model)  # the encoder on a few tiles of the image as it is
     guess = size_model.predict(style[None])[0]
     print(f"true median diameter {median_diameter(lab):5.1f} px, guessed from the style {guess:5.1f} px")
 assert np.isfinite(guess) and guess >= 5
 
 # %% [markdown]
 # With a network this small and this short a run, the guesses are rough:
-# in full mode some are off by a factor of two or more (13 px guessed as
-# 31 px). The regression has only a few hundred crops of a few dozen
-# images to learn from, their zooms span only half to one and a half times
-# each image's own size, and the style of a network trained for minutes
-# encodes cell size weakly. Cellpose fits its size models on hundreds of
-# images after 500 epochs; with the shipped nuclei model (600 epochs, 519
-# images), segmenting at the estimated diameters costs 0.014 of validation
-# AP@0.5 against the true ones (README). For a new image,
-# `train.estimate_diameter` starts from the style's guess and, as Cellpose
-# does, refines it by segmenting once at that size and measuring the masks.
+# the style of a network trained for minutes encodes cell size weakly, and
+# the regression has only a few hundred crops to learn from. The guess is
+# only the first step. Without a diameter, `segment` segments the image at
+# the guess and measures the median diameter of the masks it finds (as
+# Cellpose does); when that estimate is within `REUSE_TOLERANCE` (10 %) of
+# the guess, that segmentation is the result, and only otherwise is the
+# image segmented again at the estimate. So a good guess costs one
+# segmentation plus the style, and a poor one still ends at the right size.
 #
+# The shipped nuclei model on a real image, zoomed from half to twice its
+# size: the true median diameter, the style's guess, and the estimate.
+
+# %%
+shipped = model.load_pretrained("nuclei")
+sample = data.load_sample("fluorescence")
+rows = []
+for zoom in (0.5, 0.7, 1.0, 1.4, 2.0):
+    img_z = ndimage.zoom(sample.image.astype(np.float32), zoom, order=1)  # the field at another magnification
+    lab_z = ndimage.zoom(sample.labels, zoom, order=0)
+    x_z = to_network_input(img_z, channels=("gray", None), invert="auto")  # the model's input recipe
+    res_z = predict.segment(img_z, shipped)
+    rows.append((zoom, median_diameter(lab_z), predict.style_diameter(x_z, shipped), res_z.diameter))
+    print(f"zoom {zoom:3.1f}: true {rows[-1][1]:5.1f} px, guess {rows[-1][2]:5.1f} px, "
+          f"estimate {rows[-1][3]:5.1f} px ({res_z.notes[-1]})")
+zooms, truth, guess_z, estimate_z = map(np.array, zip(*rows))
+fig, ax = plt.subplots(figsize=(5.5, 4))
+ax.plot(truth, truth, color="0.6", lw=1, label="truth")
+ax.plot(truth, guess_z, "s", mfc="none", label="style's guess")
+ax.plot(truth, estimate_z, "o", label="estimate (masks at the guess)")
+ax.set(xlabel="true median diameter (px)", ylabel="estimated (px)", xscale="log", yscale="log",
+       title="Diameter estimate of the shipped nuclei model")
+ax.legend(frameon=False)
+show(fig)
+# the estimate is within 15 % of the truth at every zoom (benchmarks/diameter.py measures
+# the median error over the validation images)
+assert np.all(np.abs(estimate_z / truth - 1) < 0.15), estimate_z / truth
+
+# %% [markdown]
 # ## In practice
 #
-# - **Device.** `TrainConfig(device=None)` picks CUDA, then MPS, then the CPU,
-#   when `train` is called. Mixed precision is on by default (`amp=None`)
-#   where the hardware has fast low-precision units: float16 on a GPU (it
-#   saves memory and usually time), bfloat16 on a CPU with Intel AMX
-#   (recent Xeons, 2.2-3.9x faster here; the nuclei model trained this way
-#   was within run-to-run noise of float32 on validation). Other CPUs
-#   train in float32, where bfloat16 would be emulated and slower;
-#   `amp=False` forces float32 everywhere (this
-#   notebook does, so that its hand-written loop and the package compute
-#   the same numbers). On a CPU train small networks on small
-#   crops, and set `num_threads` when other jobs share the machine (too many
-#   threads fighting over few cores can make every step many times slower).
+# - **Device.** `TrainConfig(device=None)` picks CUDA, then MPS, then the
+#   CPU. On a CPU, train small networks on small crops, and set
+#   `num_threads` when other jobs share the machine. Precision (float16,
+#   bfloat16) and what it gains on which hardware: `docs/hardware.md`.
+#   This notebook trains in float32 (`amp=False`), so that its hand-written
+#   loop and the package compute the same numbers.
 # - **Cellpose's recipe** is 500 epochs, batches of 8 crops of 224 x 224,
 #   AdamW at 0.005 with weight decay 1e-5 (`train_seg`), or SGD at 0.2 with
 #   momentum 0.9 (the Cellpose 1 paper; `optimizer="sgd"`). Fine-tuning a
@@ -669,6 +702,21 @@ assert np.isfinite(guess) and guess >= 5
 # - **A whole folder** in the Cellpose format: `train_folder` (split, train,
 #   size model, thresholds), or `cellpose-nb train FOLDER --out RUN` on the
 #   command line (`--resume` to continue, `--max-minutes` for a budget).
+#
+# > **Cellpose 1.0 or 3?** The loss (flows scaled by 5, half MSE plus
+# > cross-entropy) and the SGD recipe (rate 0.2, momentum 0.9) are Cellpose
+# > 1.0's; AdamW at 0.005 with weight decay 1e-5, the warm-up and the
+# > halvings are the `train_seg` defaults of cellpose 3.1.1.2. The size
+# > model is Cellpose's ridge regression from the style, but fitted here on
+# > crops zoomed by 1/2.2-2.2, with the style of a few tiles (Cellpose:
+# > 0.5-1.5, every tile).
+#
+# **Sources.** Stringer, Wang, Michaelos & Pachitariu (2021), *Cellpose: a
+# generalist algorithm for cellular segmentation*, Nature Methods 18,
+# 100-106 (the loss, the augmentation, the size model). Pachitariu &
+# Stringer (2022), *Cellpose 2.0: how to train your own model*, Nature
+# Methods 19, 1634-1641 (fine-tuning, `train_seg`). Loshchilov & Hutter
+# (2019), *Decoupled weight decay regularization*, ICLR (AdamW).
 #
 # ## Exercises
 #

@@ -84,6 +84,7 @@ import os
 import numpy as np
 
 QUICK = os.environ.get("CELLPOSE_NB_QUICK", "0") == "1"  # CI: a handful of small held-out images
+TITLE_SIZE = 10  # one title size for every figure (matplotlib points)
 
 SEED = 0  # seeds the synthetic images (used when the DSB2018 data are not there)
 THREADS = 1 if QUICK else None  # torch CPU threads (None: torch's default); small images run best on one
@@ -95,9 +96,13 @@ MAX_SIDE = 400 if QUICK else None  # skip held-out images larger than this (px),
 N_SYNTHETIC = 4 if QUICK else 12  # synthetic held-out images when there are no DSB data
 IOU_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)  # the AP curve (0.5 ... 0.95, as the DSB)
 TUNE_FRACTION = 0.5  # share of the held-out images used to tune the thresholds (the rest tests them)
-CELLPROB_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0) if QUICK else tuple(np.arange(-3.0, 3.01, 0.5))
-FLOW_GRID = (0.2, 0.4, 0.6, 0.8) if QUICK else (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5)
-GALLERY = 4 if QUICK else 8  # images in the error gallery
+# threshold grids wide enough that the AP falls off on every side (too few or too many pixels, too strict a check)
+CELLPROB_GRID = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0) if QUICK else tuple(np.arange(-4.0, 4.01, 0.5))
+FLOW_GRID = (0.1, 0.2, 0.4, 0.6, 0.8, 1.2) if QUICK else (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5)
+GALLERY = 4 if QUICK else 8  # zoomed crops in the error gallery (held-out images, worst first)
+GALLERY_PER_IMAGE = 2  # at most this many crops from one image
+CROP_DIAMETERS = 4  # side of a gallery crop, in nucleus diameters (at least CROP_MIN px)
+CROP_MIN = 40
 N_COMPARE = 2 if QUICK else 6  # images segmented by both packages (section 7)
 N_AUGMENT = 1 if QUICK else None  # held-out images of exercise 3 (None: all)
 
@@ -112,6 +117,8 @@ import matplotlib.pyplot as plt
 import roifile
 import torch
 from IPython.display import display
+from matplotlib.patches import Patch
+from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from skimage.draw import polygon as fill_polygon
 
@@ -123,11 +130,18 @@ if THREADS is not None:
 WORKDIR = Path(tempfile.mkdtemp(prefix="cellpose_nb_06_"))  # every file this notebook writes
 print("outputs go to", WORKDIR)
 
+plt.rcParams.update({"axes.titlesize": TITLE_SIZE, "figure.titlesize": TITLE_SIZE})
+
 
 def show(fig):
     """Display a figure now and close it, so that figures do not pile up."""
     display(fig)
     plt.close(fig)
+
+
+def plural(n, noun, nouns=None):
+    """'1 step', '4 steps', '1 nucleus', '2 nuclei': a count with the right form of its noun."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def object_ids(labels):
@@ -161,9 +175,14 @@ for name, lab in (("true", true), ("pred", pred)):
     print("\n".join("  " + " ".join(str(v) if v else "." for v in row) for row in lab))
 
 # %% [markdown]
-# **IoU.** For a true object `A` and a predicted object `B`, the
-# intersection over union is `|A and B| / |A or B|` (pixels): 1 for a
-# perfect copy, 0 without overlap. Every pair, by two loops:
+# **IoU.** For a true object $A$ and a predicted object $B$ (sets of
+# pixels), the intersection over union is
+#
+# $$
+# \operatorname{IoU}(A, B) = \frac{|A \cap B|}{|A \cup B|} = \frac{|A \cap B|}{|A| + |B| - |A \cap B|}:
+# $$
+#
+# 1 for a perfect copy, 0 without overlap. Every pair, by two loops:
 
 # %%
 def iou_by_hand(true, pred):
@@ -193,7 +212,17 @@ assert np.isclose(iou[0, list(p_ids).index(7)], 16 / 20)  # 16 shared pixels, 20
 # false positive (FP, a prediction without a partner) or a false negative
 # (FN, an annotated object without one). Then
 #
-# `AP = TP / (TP + FP + FN)`, `precision = TP / (TP + FP)`, `recall = TP / (TP + FN)`.
+# $$
+# \mathrm{AP}(t) = \frac{\mathrm{TP}(t)}{\mathrm{TP}(t) + \mathrm{FP}(t) + \mathrm{FN}(t)}, \qquad
+# \text{precision} = \frac{\mathrm{TP}}{\mathrm{TP} + \mathrm{FP}}, \qquad
+# \text{recall} = \frac{\mathrm{TP}}{\mathrm{TP} + \mathrm{FN}},
+# $$
+#
+# where $\mathrm{TP}(t)$ counts the matched pairs with
+# $\operatorname{IoU} \ge t$, $\mathrm{FP}(t) = N_\text{pred} - \mathrm{TP}(t)$ and
+# $\mathrm{FN}(t) = N_\text{true} - \mathrm{TP}(t)$. Over a data set of
+# images $i$, Cellpose reports the mean over images,
+# $\frac{1}{n}\sum_i \mathrm{AP}_i(t)$ (section 3).
 #
 # (Cellpose and the Data Science Bowl call this ratio "average precision";
 # it is the precision-recall area of object detection only in name.)
@@ -314,7 +343,7 @@ for item in evaluation:
     item["input"], item["invert"] = gray, invert
     item["diameter"] = train.median_diameter(item["truth"])
     item["seg"] = predict.segment(gray, net, diameter=item["diameter"], invert=invert, device=DEVICE)
-print(f"{len(held_out)} held-out images ({source}) and {len(bundled)} bundled samples "
+print(f"{plural(len(held_out), 'held-out image')} ({source}) and {plural(len(bundled), 'bundled sample')} "
       f"segmented in {time.perf_counter() - t0:.1f} s")
 assert len(held_out) > 0 and all(e["seg"].labels.shape == e["truth"].shape for e in evaluation)
 
@@ -350,9 +379,9 @@ print(f"held out, mean over images: AP@0.5 {mean_held[col[0.5]]:.3f}; pooled: {p
 
 fig, ax = plt.subplots(figsize=(6, 4))
 plot.plot_ap_curve(IOU_THRESHOLDS, [mean_held, pooled_ap, np.nanmean(ap[~is_held], axis=0)], ax=ax,
-                   label=[f"held out ({is_held.sum()} images), mean", "held out, pooled",
+                   label=[f"held out ({plural(int(is_held.sum()), 'image')}), mean", "held out, pooled",
                           "bundled samples (trained on)"])
-ax.set_title(f"shipped model '{MODEL}' on {source}", fontsize="small")
+ax.set_title(f"shipped model '{MODEL}' on {source}")
 show(fig)
 
 # AP can only fall as the threshold rises: a pair that passes a high threshold passes a lower one
@@ -390,25 +419,61 @@ else:
 # (FN). A false negative that overlaps no prediction at all was *missed*; one
 # that overlaps something was *badly delineated* (split, merged, or cut too
 # small or too big).
+#
+# Whole images hide the errors (a 1-px outline on a 500-px image is a hair),
+# so the gallery zooms in: matching is done on the whole held-out image, then
+# crops of about four nucleus diameters are shown around the places with the
+# most errors, worst images first. Bundled samples (trained on) are left out.
 
 # %%
-ranked = sorted(range(len(evaluation)), key=lambda k: ap[k, col[0.5]])  # worst first
-shown = ranked[:GALLERY]
-n_cols = min(4, len(shown))
-n_rows = -(-len(shown) // n_cols)
-fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 4.4 * n_rows), squeeze=False)
-for ax, k in zip(axes.flat, shown):
-    e = evaluation[k]
-    plot.show_errors(e["truth"], e["seg"].labels, ax=ax, image=e["input"])
-    ax.set_title(f"{e['name'][:12]} ({e['modality']}): AP@0.5 {ap[k, col[0.5]]:.2f}\n"
-                 + ax.get_title(), fontsize="x-small")
-for ax in axes.flat[len(shown):]:
-    ax.set_axis_off()
-fig.tight_layout()
-show(fig)
+def error_windows(e, side, n):
+    """Up to `n` crop corners (row, col) of `side` px, each around as many error objects as possible."""
+    _, fp_ids, fn_ids = plot.error_outlines(e["truth"], e["seg"].labels, threshold=0.5)
+    centres = [c for lab, ids in ((e["seg"].labels, fp_ids), (e["truth"], fn_ids)) if len(ids)
+               for c in ndimage.center_of_mass(np.ones_like(lab), lab, ids)]
+    centres = np.array(centres).reshape(-1, 2)
+    shape = np.array(e["truth"].shape)
+    windows = []
+    while len(centres) and len(windows) < n:
+        corners = np.clip(np.round(centres - side / 2).astype(int), 0, np.maximum(shape - side, 0))
+        inside = [((centres >= c) & (centres < c + side)).all(axis=1) for c in corners]
+        best = int(np.argmax([w.sum() for w in inside]))  # the crop that shows the most errors
+        windows.append((*corners[best].tolist(), int(inside[best].sum())))
+        centres = centres[~inside[best]]
+    return windows
+
+
+held = [e for e in evaluation if e["held_out"]]
+crops = []
+for e in sorted(held, key=lambda e: metrics.matching(e["truth"], e["seg"].labels, thresholds=[0.5])[0].ap):
+    side = int(min(max(CROP_MIN, CROP_DIAMETERS * e["diameter"]), *e["truth"].shape))
+    crops += [(e, r0, c0, side, n_err) for r0, c0, n_err in error_windows(e, side, GALLERY_PER_IMAGE)]
+crops = crops[:GALLERY]
+
+if crops:
+    n_cols = min(4, len(crops))
+    n_rows = -(-len(crops) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.7 * n_rows + 0.4), squeeze=False)
+    for ax, (e, r0, c0, side, n_err) in zip(axes.flat, crops):
+        whole = metrics.matching(e["truth"], e["seg"].labels, thresholds=[0.5])[0]
+        plot.show_errors(e["truth"], e["seg"].labels, ax=ax, image=e["input"])  # matched on the whole image
+        ax.set_xlim(c0 - 0.5, c0 + side - 0.5)
+        ax.set_ylim(r0 + side - 0.5, r0 - 0.5)  # rows grow downwards
+        ax.set_title(f"{e['name'][:8]} ({e['modality'][:5]}.), AP {whole.ap:.2f}\n"
+                     f"{plural(n_err, 'error')} in this {side}-px crop")
+    for ax in axes.flat[len(crops):]:
+        ax.set_axis_off()
+    fig.legend(handles=[Patch(color=plot.TP_COLOR, label="matched (TP)"),
+                        Patch(color=plot.FP_COLOR, label="predicted only (FP)"),
+                        Patch(color=plot.FN_COLOR, label="annotated only (FN)")],
+               loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    show(fig)
+else:
+    print("no errors at IoU 0.5 on the held-out images")
 
 kinds = {"missed": 0, "badly delineated": 0, "false positives": 0}
-for e in evaluation:
+for e in held:
     _, fp_ids, fn_ids = plot.error_outlines(e["truth"], e["seg"].labels, threshold=0.5)
     iou_e, t_e, _ = metrics.iou_matrix(e["truth"], e["seg"].labels)
     best = iou_e.max(axis=1) if iou_e.shape[1] else np.zeros(len(t_e))
@@ -416,7 +481,12 @@ for e in evaluation:
     kinds["missed"] += int((fn_best == 0).sum())
     kinds["badly delineated"] += int((fn_best > 0).sum())
     kinds["false positives"] += len(fp_ids)
-print("errors at IoU 0.5 over all images:", kinds)
+print(f"errors at IoU 0.5 over the {plural(len(held), 'held-out image')}:", kinds)
+n_errors = sum(m.fp + m.fn for m in (metrics.matching(e["truth"], e["seg"].labels, thresholds=[0.5])[0]
+                                     for e in held))
+assert kinds["missed"] + kinds["badly delineated"] + kinds["false positives"] == n_errors
+assert all(0 <= r0 and 0 <= c0 and r0 + s <= e["truth"].shape[0] and c0 + s <= e["truth"].shape[1]
+           for e, r0, c0, s, _ in crops)
 
 # %% [markdown]
 # ## 5. Tuning the thresholds
@@ -432,9 +502,10 @@ print("errors at IoU 0.5 over all images:", kinds)
 # over the grid gives the best pair.
 
 # %%
-held = [e for e in evaluation if e["held_out"]]
-n_tune = max(1, int(round(TUNE_FRACTION * len(held)))) if len(held) > 1 else 1
-tune, test = held[:n_tune], held[n_tune:] or held  # with one image, test on it too (and say so)
+# every other held-out image (they are grouped by modality): both halves get some of each
+step = max(1, round(1 / TUNE_FRACTION))
+tune = held[::step]
+test = [e for e in held if not any(e is t for t in tune)] or held  # with one image, test on it too (and say so)
 
 
 def explorer_of(e):
@@ -454,8 +525,10 @@ for k, e in enumerate(tune):
 mean_grid = np.nanmean(grid, axis=0)
 i, j = np.unravel_index(np.nanargmax(mean_grid), mean_grid.shape)
 tuned = {"cellprob_threshold": float(CELLPROB_GRID[i]), "flow_threshold": float(FLOW_GRID[j])}
-print(f"{grid.size} threshold pairs x images in {time.perf_counter() - t0:.1f} s; best on {len(tune)} "
-      f"tuning images: {tuned}, mean AP@0.5 {mean_grid[i, j]:.3f}")
+print(f"{grid.size} threshold pairs x images in {time.perf_counter() - t0:.1f} s; best on "
+      f"{plural(len(tune), 'tuning image')} ({sum(len(object_ids(e['truth'])) for e in tune)} nuclei): "
+      f"{tuned}, mean AP@0.5 {mean_grid[i, j]:.3f}")
+print(f"mean AP@0.5 over the grid: from {mean_grid.min():.3f} to {mean_grid.max():.3f}")
 
 fig, ax = plt.subplots(figsize=(6, 4))
 im = ax.imshow(mean_grid, cmap="viridis", aspect="auto", origin="lower")
@@ -478,11 +551,17 @@ scores = dict(zip(("defaults", "tuned"), np.nanmean(np.array(per_image, float), 
 print(f"test images ({len(test)}{', the same as the tuning images!' if test is held else ''}): "
       f"mean AP@0.5 with the defaults {scores['defaults']:.3f}, with the tuned thresholds {scores['tuned']:.3f}")
 assert np.isfinite(mean_grid).all() and 0 <= mean_grid.max() <= 1
+assert mean_grid.max() - mean_grid.min() > 0.05, "a grid that is flat says nothing: widen it"
 
 # %% [markdown]
-# With a handful of images the differences are within the noise: the grid
-# is flat near its top, and a tuned pair that wins on a few images may lose
-# on others. Tune on as many annotated images as you can spare.
+# The grid has a ridge, not a peak: a `cellprob_threshold` too low lets
+# background in and glues nuclei together (the flow check then drops the
+# glued masks, most of all at a strict `flow_threshold`), one too high
+# shrinks the masks below IoU 0.5, and above some `flow_threshold` the check
+# no longer drops anything, so the AP stops changing. The star is the first
+# best pair found. With a handful of images the tuned pair is noisy: one that
+# wins on a few images may lose on others (compare the test scores above).
+# Tune on as many annotated images as you can spare.
 #
 # The explorer on the first test image, starting at the tuned thresholds:
 # its AP@0.5 is the grid's number for that image.
@@ -490,10 +569,18 @@ assert np.isfinite(mean_grid).all() and 0 <= mean_grid.max() <= 1
 # %%
 explorer = explorer_of(test[0])
 explorer.update(**tuned)
-print(f"{test[0]['name']}: {explorer.n_cells} nuclei, AP@0.5 {explorer.ap[0.5]:.3f}")
+print(f"{test[0]['name']}: {plural(explorer.n_cells, 'nucleus', 'nuclei')}, AP@0.5 {explorer.ap[0.5]:.3f}")
 assert np.isclose(explorer.ap[0.5], metrics.matching(test[0]["truth"], explorer.compute(**tuned),
                                                      thresholds=[0.5])[0].ap)
 explorer
+
+# %% [markdown]
+# Move the sliders (in Jupyter; on a static page such as nbviewer, the cell
+# above shows nothing and the next one a fixed picture, at the tuned
+# thresholds).
+
+# %%
+show(explorer.static(**tuned))
 
 # %% [markdown]
 # The package does the same search in one call: `train.optimize_thresholds`
@@ -668,7 +755,21 @@ if HAVE_CELLPOSE:
 # The same weights give the same masks, to the pixel or nearly: the network
 # outputs agree to about 1e-4 (float32 sums in another order), and a pixel
 # whose cell probability sits exactly at the threshold may go either way.
-#
+
+# %% [markdown]
+# > **Cellpose 1.0 or 3?** The score is Cellpose 1.0's (and the Data Science
+# > Bowl's): one-to-one matching, AP = TP / (TP + FP + FN), the mean over
+# > images. `cellpose` 3.1.1.2 computes the same: `metrics.average_precision`
+# > sets `ap = tp / (tp + fp + fn)`, and `_true_positive` matches with
+# > `linear_sum_assignment` on the cost `-(iou >= th) - iou / (2 * n_min)`, as
+# > in section 1. The defaults that tuning starts from (`cellprob_threshold=0.0`,
+# > `flow_threshold=0.4`) are 3.1.1.2's `CellposeModel.eval` defaults. Tuning
+# > them on held-out images and saving them as `thresholds.json`
+# > (`train.optimize_thresholds`, `finish_model`) is this package's: 3.1.1.2
+# > has no such step. The `_seg.npy` and ImageJ ROI exports follow Cellpose's
+# > GUI (Cellpose 2.0 made the GUI the place to correct and retrain).
+
+# %% [markdown]
 # ## In practice
 #
 # - **Held-out data, always.** Score a model on images it never trained on,
@@ -745,7 +846,17 @@ plain = metrics.average_precision([e["truth"] for e in some], [e["seg"].labels f
                                   thresholds=[0.5, 0.75])
 flipped = metrics.average_precision([e["truth"] for e in some], aug, thresholds=[0.5, 0.75])
 print(f"AP@0.5 / AP@0.75 without augmentation {np.nanmean(plain, 0).round(3)}, "
-      f"with {np.nanmean(flipped, 0).round(3)} ({seconds:.1f} s for {len(some)} images)")
+      f"with {np.nanmean(flipped, 0).round(3)} ({seconds:.1f} s for {plural(len(some), 'image')})")
 # Averaging flipped predictions smooths the flows and the cell probability; the gain is usually
 # small (a point or two, more at high IoU), and the network runs on about 4 times as many tiles.
 assert flipped.shape == plain.shape
+
+
+# %% [markdown]
+# ## Sources
+#
+# - Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. *Nature Methods* 18, 100-106 (2021). [doi:10.1038/s41592-020-01018-x](https://doi.org/10.1038/s41592-020-01018-x) AP with one-to-one matching, mean over images; the evaluation on held-out images.
+# - Pachitariu, M. & Stringer, C. Cellpose 2.0: how to train your own model. *Nature Methods* 19, 1634-1641 (2022). [doi:10.1038/s41592-022-01663-4](https://doi.org/10.1038/s41592-022-01663-4) Cellpose 2.0: the GUI and its `_seg.npy` files, human-in-the-loop corrections.
+# - Stringer, C. & Pachitariu, M. Cellpose3: one-click image restoration for improved cellular segmentation. *Nature Methods* 22, 592-599 (2025). [doi:10.1038/s41592-025-02595-5](https://doi.org/10.1038/s41592-025-02595-5) Cellpose 3, whose code (`cellpose` 3.1.1.2) is run side by side in section 7.
+# - The reference implementation, `cellpose` 3.1.1.2 (https://github.com/MouseLand/cellpose): the details marked "Cellpose 3" in this notebook were checked in its code.
+# - Caicedo, J. C. et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. *Nature Methods* 16, 1247-1253 (2019). [doi:10.1038/s41592-019-0612-7](https://doi.org/10.1038/s41592-019-0612-7) The DSB2018 images and the AP it uses (mean over IoU 0.5-0.95 in the competition).

@@ -81,6 +81,7 @@ if IN_COLAB:
 import os
 
 QUICK = os.environ.get("CELLPOSE_NB_QUICK", "0") == "1"  # CI: 2 epochs of fine-tuning on small crops
+TITLE_SIZE = 10  # one title size for every figure (matplotlib points)
 
 # --- your data
 MY_FOLDER = None  # your folder of <name>_img.tif (+ <name>_masks.tif); None: a stand-in is written
@@ -132,11 +133,18 @@ OUT = Path(OUT_DIR) if OUT_DIR is not None else WORKDIR / "results"
 STAND_IN = MY_FOLDER is None
 print("scratch files go to", WORKDIR, "| results to", OUT)
 
+plt.rcParams.update({"axes.titlesize": TITLE_SIZE, "figure.titlesize": TITLE_SIZE})
+
 
 def show(fig):
     """Display a figure now and close it, so that figures do not pile up."""
     display(fig)
     plt.close(fig)
+
+
+def plural(n, noun, nouns=None):
+    """'1 step', '4 steps', '1 nucleus', '2 nuclei': a count with the right form of its noun."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def n_objects(labels):
@@ -215,7 +223,7 @@ for path in sorted(folder.iterdir())[:12]:
 # %%
 samples = data.read_folder(folder, image_suffix=IMAGE_SUFFIX, mask_suffix=MASK_SUFFIX, require_masks=False)
 annotated = [s for s in samples if s.labels is not None]
-print(f"{len(samples)} images, {len(annotated)} annotated")
+print(f"{plural(len(samples), 'image')}, {len(annotated)} annotated")
 for s in samples:
     note = f"{n_objects(s.labels):4d} annotated objects" if s.labels is not None else "   not annotated"
     print(f"  {s.name:20s} {str(s.image.shape):16s} {s.image.dtype}  {note}")
@@ -314,11 +322,11 @@ def segment_all(net, indices):
 
 t0 = time.perf_counter()
 segs = segment_all(net, range(len(samples)))
-print(f"{len(samples)} images segmented in {time.perf_counter() - t0:.1f} s")
+print(f"{plural(len(samples), 'image')} segmented in {time.perf_counter() - t0:.1f} s")
 idx_annotated = [k for k, s in enumerate(samples) if s.labels is not None]
 ap_shipped = {k: metrics.matching(samples[k].labels, segs[k].labels, thresholds=[0.5])[0].ap for k in idx_annotated}
 for k, s in enumerate(samples):
-    line = f"  {s.name:20s} {int(segs[k].labels.max()):4d} nuclei"
+    line = f"  {s.name:20s} {plural(int(segs[k].labels.max()), 'nucleus', 'nuclei'):>11s}"
     print(line + (f", AP@0.5 {ap_shipped[k]:.3f}" if k in ap_shipped else " (not annotated)"))
 if ap_shipped:
     print(f"mean AP@0.5 over {len(ap_shipped)} annotated images: {np.nanmean(list(ap_shipped.values())):.3f}")
@@ -330,8 +338,8 @@ for ax, k in zip(axes[0], shown):
     if s.labels is not None:
         plot.show_errors(s.labels, segs[k].labels, ax=ax, image=inputs[k][0])
     else:
-        plot.overlay_labels(inputs[k][0], segs[k].labels, ax=ax, title=f"{segs[k].labels.max()} nuclei")
-    ax.set_title(f"{s.name[:16]}\n" + ax.get_title(), fontsize="x-small")
+        plot.overlay_labels(inputs[k][0], segs[k].labels, ax=ax, title=plural(int(segs[k].labels.max()), 'nucleus', 'nuclei'))
+    ax.set_title(f"{s.name[:16]}\n" + ax.get_title())
 show(fig)
 
 assert all(segs[k].labels.shape == samples[k].image.shape[:2] for k in segs)
@@ -352,6 +360,19 @@ if STAND_IN:
 # as it is for the comparison. `train.train` writes the run folder (history,
 # checkpoint, model); `train.finish_model` then fits the fine-tuned model's
 # size model and saves the finished model folder.
+#
+# The loss printed per epoch is Cellpose's (`train.segmentation_loss`,
+# derived in notebook 05): with $y$ the network's three output maps, $u$ the
+# true unit flows, $m$ the true cell mask and $\sigma$ the logistic function,
+# averaged over the $P$ pixels $p$ of a batch,
+#
+# $$
+# L = \frac{1}{2}\cdot\frac{1}{2P}\sum_{p}\sum_{k=1}^{2}\big(y_k(p) - 5\,u_k(p)\big)^2
+#     \;-\; \frac{1}{P}\sum_{p}\Big(m(p)\log\sigma\big(y_3(p)\big) + \big(1 - m(p)\big)\log\big(1 - \sigma(y_3(p))\big)\Big),
+# $$
+#
+# half the mean squared error of the flows (at `FLOW_SCALE = 5`) plus the
+# binary cross-entropy of the cell-probability logits.
 
 # %%
 can_finetune = len(idx_annotated) >= 2
@@ -371,7 +392,7 @@ if can_finetune:
                          names=[samples[k].name for k in train_idx])
     model_dir = train.finish_model([inputs[k] for k in train_idx], [samples[k].labels for k in train_idx],
                                    result.model, out_dir=WORKDIR / "finetune", config=config, progress=False)
-    print(f"{EPOCHS} epochs in {time.perf_counter() - t0:.1f} s; losses",
+    print(f"{plural(EPOCHS, 'epoch')} in {time.perf_counter() - t0:.1f} s; losses",
           np.round([h["train_loss"] for h in result.history], 4))
     print("model folder:", sorted(p.name for p in model_dir.iterdir()))
     assert result.completed and all(np.isfinite(h["train_loss"]) for h in result.history)
@@ -396,8 +417,7 @@ if can_finetune:
     for col, k in enumerate(test_idx):
         for row, (what, s) in enumerate((("shipped", segs[k]), ("fine-tuned", segs_tuned[k]))):
             plot.show_errors(samples[k].labels, s.labels, ax=axes[row, col], image=inputs[k][0])
-            axes[row, col].set_title(f"{what}: {samples[k].name[:14]}\n" + axes[row, col].get_title(),
-                                     fontsize="x-small")
+            axes[row, col].set_title(f"{what}: {samples[k].name[:14]}\n" + axes[row, col].get_title())
     show(fig)
     # QUICK trains 2 epochs on 64-pixel crops: expect no gain (or a small loss), only a working pipeline
     assert np.isfinite(after).all() and after.shape == before.shape
@@ -424,7 +444,7 @@ print("exporting the", "fine-tuned" if use_tuned else "shipped", "model's result
 written = []
 for k, s in enumerate(samples):
     written += export.export_all(OUT, s.name, s.image, final[k], channel_axis=chan_axis)
-print(f"{len(written)} files in {OUT}, e.g.:")
+print(f"{plural(len(written), 'file')} in {OUT}, e.g.:")
 for path in written[:5]:
     print(f"  {path.name:40s} {path.stat().st_size:>9,d} bytes")
 
@@ -433,6 +453,18 @@ for k, s in enumerate(samples):
     assert np.array_equal(data.read_labels(OUT / f"{s.name}_masks.tif"), final[k].labels)
 # the output folder is itself a Cellpose folder: images elsewhere, masks and _seg.npy here
 assert sorted(p.name for p in OUT.glob("*_masks.tif")) == sorted(f"{s.name}_masks.tif" for s in samples)
+
+# %% [markdown]
+# > **Cellpose 1.0 or 3?** Fine-tuning a pretrained model on a few of your own
+# > annotated images, then correcting its masks and training again, is
+# > Cellpose 2.0's human-in-the-loop recipe (Pachitariu & Stringer 2022). The
+# > files are Cellpose's: `<name>_masks.tif` folders for training and
+# > `<name>_seg.npy` for the GUI. The channels convention (first the channel to
+# > segment, then the optional nuclear channel, zeros if none) and the
+# > percentile normalisation are Cellpose 1.0's; the segmentation defaults
+# > (`cellprob_threshold=0.0`, `flow_threshold=0.4`, `min_size=15`) are those of
+# > `cellpose` 3.1.1.2's `CellposeModel.eval`. The training loop itself is this
+# > package's (notebook 05 says where it follows Cellpose and where not).
 
 # %% [markdown]
 # ## In practice
@@ -483,7 +515,7 @@ if multichannel:
     wrong = [c for c in range(n_chan) if c != channels[0]][0]
     bad = predict.segment(samples[k].image, net, diameter=diameters[k], channels=(wrong, None),
                           channel_axis=chan_axis, invert=INVERT, device=DEVICE)
-    print(f"channel {wrong}: {bad.labels.max()} masks; channel {channels[0]}: {segs[k].labels.max()}")
+    print(f"channel {wrong}: {plural(int(bad.labels.max()), 'mask')}; channel {channels[0]}: {segs[k].labels.max()}")
     assert bad.labels.shape == segs[k].labels.shape
 else:
     print("a grayscale folder has one channel only")
@@ -524,8 +556,17 @@ if STAND_IN and k is not None and not target.exists():  # never write into your 
     shutil.copy(OUT / f"{name}_seg.npy", target)
     again = {s.name: s for s in data.read_folder(folder, image_suffix=IMAGE_SUFFIX, mask_suffix=MASK_SUFFIX,
                                                  require_masks=False)}
-    print(f"{name}: labels now {again[name].labels.shape}, {n_objects(again[name].labels)} objects (from the model)")
+    print(f"{name}: labels now {again[name].labels.shape}, {plural(n_objects(again[name].labels), 'object')} (from the model)")
     assert np.array_equal(again[name].labels, final[k].labels)
 # The model's masks now count as the image's annotation. Opened in the Cellpose GUI and corrected
 # (the GUI reads and writes the same file), they become real annotations for the next fine-tuning:
 # correcting a good segmentation is usually much faster than drawing every outline.
+
+
+# %% [markdown]
+# ## Sources
+#
+# - Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. *Nature Methods* 18, 100-106 (2021). [doi:10.1038/s41592-020-01018-x](https://doi.org/10.1038/s41592-020-01018-x) The method, the two-channel input and the normalisation.
+# - Pachitariu, M. & Stringer, C. Cellpose 2.0: how to train your own model. *Nature Methods* 19, 1634-1641 (2022). [doi:10.1038/s41592-022-01663-4](https://doi.org/10.1038/s41592-022-01663-4) Fine-tuning on your own images and the human-in-the-loop cycle followed here.
+# - Stringer, C. & Pachitariu, M. Cellpose3: one-click image restoration for improved cellular segmentation. *Nature Methods* 22, 592-599 (2025). [doi:10.1038/s41592-025-02595-5](https://doi.org/10.1038/s41592-025-02595-5) Cellpose 3, whose code (`cellpose` 3.1.1.2) fixes the segmentation defaults.
+# - The reference implementation, `cellpose` 3.1.1.2 (https://github.com/MouseLand/cellpose): the details marked "Cellpose 3" in this notebook were checked in its code.

@@ -158,3 +158,24 @@ def test_ax_none_makes_a_figure(sample):
         assert im.axes.figure is plt.gcf()
     finally:
         plt.close("all")
+
+
+def test_flow_key_colours_are_the_flow_colours_of_the_directions():
+    from cellpose_nb.flows import flows_to_rgb
+
+    radius = 10
+    key = plot.flow_key_rgb(radius)
+    # right of the centre: the colour of a flow (d_row, d_col) = (0, 1); above: (-1, 0)
+    for (dr, dc), pixel in (((0.0, 1.0), key[radius, 2 * radius]), ((-1.0, 0.0), key[0, radius])):
+        expected = flows_to_rgb(np.array([dr, dc]).reshape(2, 1, 1))[0, 0]
+        assert np.allclose(pixel, expected), (dr, dc, pixel, expected)
+    assert not key[0, 0].any() and not key[radius, radius].any()  # outside the disc, centre: black
+    assert len({tuple(np.round(key[radius + r, radius + c], 3)) for r, c in ((0, 5), (5, 0), (0, -5), (-5, 0))}) == 4
+
+
+def test_show_flow_key_fills_or_insets(ax):
+    full = plot.show_flow_key(ax, title="key")
+    assert full.axes is ax and ax.get_title() == "key"
+    parent = Figure().subplots()
+    small = plot.show_flow_key(parent, inset=True)
+    assert small.axes in parent.child_axes
