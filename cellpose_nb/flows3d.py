@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import relabel_sequential
-
-from cellpose_nb.labels import check_labels
+from cellpose_nb.labels import _object_table, check_labels
 
 __all__ = ["HEAT_ITER_FACTOR_3D", "masks_to_flows_3d", "heat_map_3d", "object_centers_3d",
            "heat_iterations_3d"]
@@ -46,25 +43,9 @@ HEAT_ITER_FACTOR_3D = 6
 #: Voxel updates above which the diffusion runs on all numba threads (smaller
 #: jobs stay on one: a parallel launch costs more than it saves on them).
 PARALLEL_MIN_WORK_3D = 50_000_000
-#: Objects whose ids exceed this many times the voxel count are relabelled first.
-_SPARSE_LABEL_FACTOR = 4
 
 
 # ----------------------------------------------------------------------------- objects
-def _object_table_3d(labels):
-    """``(work, work_ids, ids, boxes)`` as :func:`cellpose_nb.labels._object_table`, boxes (N, 6)."""
-    work, ids = labels, None
-    if labels.size and int(labels.max()) > _SPARSE_LABEL_FACTOR * labels.size:
-        work, _, inverse = relabel_sequential(labels)
-        ids = inverse.out_values[inverse.in_values > 0]
-    slices = ndi.find_objects(work) if work.size else []
-    present = [k for k, s in enumerate(slices) if s is not None]
-    boxes = np.array([[b for s in slices[k] for b in (s.start, s.stop)] for k in present],
-                     dtype=np.int64).reshape(-1, 6)
-    work_ids = np.array(present, dtype=np.int64) + 1
-    return work, work_ids, (work_ids if ids is None else ids.astype(np.int64)), boxes
-
-
 @numba.njit(cache=True, nogil=True)
 def _centers_kernel_3d(labels, ids, boxes):
     """Voxel of each object nearest its mean (first such voxel in raster order)."""
@@ -190,7 +171,7 @@ def _heat_3d(labels, n_iter):
     _check_n_iter(n_iter)
     lab = check_labels(labels, ndim=3)
     heat = np.zeros(lab.shape, np.float64)
-    work, work_ids, _, boxes = _object_table_3d(lab)
+    work, work_ids, _, boxes = _object_table(lab)
     if len(work_ids):
         centers = _centers_kernel_3d(work, work_ids, boxes)
         niter = heat_iterations_3d(boxes) if n_iter is None else int(n_iter)
@@ -279,5 +260,5 @@ def object_centers_3d(labels):
     >>> ids.tolist(), centers.tolist()
     ([2], [[2, 2, 2]])
     """
-    work, work_ids, ids, boxes = _object_table_3d(check_labels(labels, ndim=3))
+    work, work_ids, ids, boxes = _object_table(check_labels(labels, ndim=3))
     return ids, _centers_kernel_3d(work, work_ids, boxes)

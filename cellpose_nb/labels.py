@@ -128,8 +128,9 @@ def _object_table(labels):
 
     Returns ``(work, work_ids, ids, boxes)``: a label image to run kernels on,
     the ids of the objects in it, their ids in ``labels``, and their bounding
-    boxes (N, 4: r0, r1, c0, c1).  ``work`` is ``labels`` itself unless the ids
-    are so sparse that per-id tables would be huge; then it is relabelled 1..N.
+    boxes (N, 2 * ndim: r0, r1, c0, c1 for an image, z0, z1, r0, r1, c0, c1 for
+    a volume).  ``work`` is ``labels`` itself unless the ids are so sparse that
+    per-id tables would be huge; then it is relabelled 1..N.
     """
     work, ids = labels, None
     if labels.size and int(labels.max()) > _SPARSE_LABEL_FACTOR * labels.size:
@@ -138,11 +139,8 @@ def _object_table(labels):
     slices = ndi.find_objects(work) if work.size else []
     present = [k for k, s in enumerate(slices) if s is not None]
     work_ids = np.array(present, dtype=np.int64) + 1
-    boxes = np.array(
-        [(slices[k][0].start, slices[k][0].stop, slices[k][1].start, slices[k][1].stop)
-         for k in present],
-        dtype=np.int64,
-    ).reshape(-1, 4)
+    boxes = np.array([[b for s in slices[k] for b in (s.start, s.stop)] for k in present],
+                     dtype=np.int64).reshape(-1, 2 * labels.ndim)
     return work, work_ids, (work_ids if ids is None else ids.astype(np.int64)), boxes
 
 
