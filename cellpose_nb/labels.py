@@ -122,6 +122,31 @@ def _renumber_kernel(lab, max_id):
     return out
 
 
+def _fill_holes_and_drop_small(labels, min_size):
+    """Masks smaller than ``min_size`` removed, each mask's holes filled (a hole takes
+    the label of the mask around it), masks still too small removed; not renumbered.
+    Any dimensionality: what :func:`cellpose_nb.masks.fill_holes_and_remove_small_masks`
+    and its 3D twin share."""
+    out = _drop_small(labels, min_size)
+    for i, sl in enumerate(ndi.find_objects(out)):
+        if sl is not None:
+            filled = ndi.binary_fill_holes(out[sl] == i + 1)
+            out[sl][filled] = i + 1
+    return _drop_small(out, min_size)
+
+
+def _drop_small(labels, min_size):
+    """A copy of ``labels`` without the objects of fewer than ``min_size`` pixels."""
+    out = labels.copy()
+    if min_size > 0 and out.size:
+        counts = np.bincount(out.ravel())
+        small = np.nonzero(counts < min_size)[0]
+        small = small[small > 0]
+        if len(small):
+            out[np.isin(out, small)] = 0
+    return out
+
+
 # ----------------------------------------------------------------------------- objects
 def _object_table(labels):
     """Objects present in ``labels``.

@@ -40,7 +40,7 @@ from cellpose_nb._dynamics import (  # noqa: F401
     _run,
 )
 from cellpose_nb.flows import masks_to_flows
-from cellpose_nb.labels import check_labels, renumber
+from cellpose_nb.labels import _fill_holes_and_drop_small, check_labels, renumber
 from cellpose_nb.masks3d import compute_masks_3d, follow_flows_3d
 
 __all__ = [
@@ -320,26 +320,7 @@ def fill_holes_and_remove_small_masks(labels, *, min_size=MIN_SIZE):
     >>> int(out[3, 3]), int(out[0, 0]), int(out.max())
     (1, 0, 1)
     """
-    lab = check_labels(labels)
-    out = _drop_small(lab, min_size)
-    slices = ndi.find_objects(out)
-    for i, sl in enumerate(slices):
-        if sl is None:
-            continue
-        filled = ndi.binary_fill_holes(out[sl] == i + 1)
-        out[sl][filled] = i + 1
-    return renumber(_drop_small(out, min_size))
-
-
-def _drop_small(labels, min_size):
-    out = labels.copy()
-    if min_size > 0 and out.size:
-        counts = np.bincount(out.ravel())
-        small = np.nonzero(counts < min_size)[0]
-        small = small[small > 0]
-        if len(small):
-            out[np.isin(out, small)] = 0
-    return out
+    return renumber(_fill_holes_and_drop_small(check_labels(labels), min_size))
 
 
 # ----------------------------------------------------------------------------- all steps

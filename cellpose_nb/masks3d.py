@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 from cellpose_nb._dynamics import GROW_RADIUS
 from cellpose_nb._dynamics3d import _grow_seeds3, _run3
 from cellpose_nb.flows3d import masks_to_flows_3d
-from cellpose_nb.labels import check_labels, renumber
+from cellpose_nb.labels import _fill_holes_and_drop_small, check_labels, renumber
 
 __all__ = [
     "FollowResult3D",
@@ -243,17 +243,6 @@ def remove_bad_flow_masks_3d(labels, flows, *, threshold):
     return out
 
 
-def _drop_small(labels, min_size):
-    out = labels.copy()
-    if min_size > 0 and out.size:
-        counts = np.bincount(out.ravel())
-        small = np.nonzero(counts < min_size)[0]
-        small = small[small > 0]
-        if len(small):
-            out[np.isin(out, small)] = 0
-    return out
-
-
 def fill_holes_and_remove_small_masks_3d(labels, *, min_size=MIN_SIZE_3D):
     """Fill the 3D holes of each mask and drop masks smaller than ``min_size`` voxels.
 
@@ -269,12 +258,7 @@ def fill_holes_and_remove_small_masks_3d(labels, *, min_size=MIN_SIZE_3D):
     >>> int(out[2, 2, 2]), int(out.max())
     (1, 1)
     """
-    out = _drop_small(check_labels(labels, ndim=3), min_size)
-    for i, sl in enumerate(ndi.find_objects(out)):
-        if sl is not None:
-            filled = ndi.binary_fill_holes(out[sl] == i + 1)
-            out[sl][filled] = i + 1
-    return renumber_3d(_drop_small(out, min_size))
+    return renumber_3d(_fill_holes_and_drop_small(check_labels(labels, ndim=3), min_size))
 
 
 # ----------------------------------------------------------------------------- all steps
