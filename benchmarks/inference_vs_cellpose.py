@@ -175,7 +175,7 @@ def _model(folder):
 
 
 def _thresholds(model):
-    from cellpose_nb.predict.segmentation import _thresholds
+    from cellpose_nb.predict.passes import _thresholds
 
     return _thresholds(model, None, None)
 

@@ -21,6 +21,8 @@ import numpy as np
 
 from cellpose_nb.atomic import _refuse_existing, write_file, write_files
 from cellpose_nb.data.files import SEG_SUFFIX, UINT16_LIMIT
+from cellpose_nb import export3d as E3  # export_all writes volumes with its writers
+from cellpose_nb.export3d import GUI_DIAMETER, SEG_UINT16_LIMIT, flow_circ  # shared with 3D
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.labels import check_labels
 from cellpose_nb.normalize import move_channels_last, normalize_percentile
@@ -32,8 +34,6 @@ __all__ = ["write_masks_tif", "write_outlines_png", "cell_table", "write_cells_c
 OUTLINE_COLOR = (255, 0, 0)  # RGB of the outlines drawn by write_outlines_png
 CONTOUR_LEVEL = 0.5  # iso-level of find_contours on a 0/1 object mask
 IMAGEJ_PIXEL_CENTRE = 0.5  # ImageJ's pixel (x, y) spans [x, x+1): its centre is at x + 0.5
-SEG_UINT16_LIMIT = 2 ** 16 - 1  # _seg.npy masks are uint16 below this (cellpose.io's rule)
-GUI_DIAMETER = 30.0  # the Cellpose GUI's diameter when none is known
 SUFFIXES = {  # format -> file name suffix used by export_all
     "masks": "_masks.tif",
     "outlines": "_outlines.png",
@@ -280,16 +280,6 @@ def _rois_job(labels):
 
 
 # --- Cellpose GUI -----------------------------------------------------------------------
-def _flow_circ(dp):
-    """Cellpose's ``plot.dx_to_circ``: (2, H, W) flows at network scale -> (H, W, 3) uint8."""
-    mag = np.sqrt((dp.astype(np.float32) ** 2).sum(0))
-    mag = 255 * np.clip(normalize_percentile(mag), 0, 1) / 2
-    angles = np.arctan2(dp[1], dp[0]) + np.pi
-    shifts = (0, 2 * np.pi / 3, 4 * np.pi / 3)
-    return np.stack([np.clip(mag * (np.cos(angles + s) + 1), 0, 255).astype(np.uint8)
-                     for s in shifts], -1)
-
-
 def write_seg_npy(path, image, labels, flows=None, *, cellprob=None, diameter=None,
                   chan_choose=(0, 0), filename=None, channel_axis=None, overwrite=False):
     """A Cellpose GUI ``<name>_seg.npy`` (the dict of ``cellpose.io.masks_flows_to_seg``).
@@ -353,7 +343,7 @@ def _seg_job(path, image, labels, flows=None, *, cellprob=None, diameter=None,
         if prob.shape != labels.shape:
             raise ValueError(f"cellprob shape {prob.shape} does not match labels {labels.shape}")
         prob8 = (np.clip(normalize_percentile(prob), 0, 1) * 255).astype(np.uint8)
-        flow_list = [_flow_circ(dp)[None], prob8[None],
+        flow_list = [flow_circ(dp)[None], prob8[None],
                      np.zeros((1, *labels.shape, 3), np.uint8),  # a 2-D image's placeholder
                      [], np.concatenate([dp, prob[None]])]
     dtype = np.uint16 if outlines.max(initial=0) < SEG_UINT16_LIMIT else np.uint32
@@ -376,9 +366,10 @@ def _seg_job(path, image, labels, flows=None, *, cellprob=None, diameter=None,
 
 # --- everything -------------------------------------------------------------------------
 def export_all(out_dir, name, image, result, *, channel_axis=None, overwrite=False,
-               formats=FORMATS, before_rename=None):
+               formats=None, before_rename=None, voxel_size=None):
     """Write one image's results as ``<name>_masks.tif``, ``_outlines.png``, ``_cells.csv``,
-    ``_rois.zip`` and ``_seg.npy`` in ``out_dir``, all or nothing.
+    ``_rois.zip`` and ``_seg.npy`` in ``out_dir``, all or nothing (a volume's: the
+    ``_masks.tif`` ImageJ hyperstack, ``_cells.csv`` and ``_seg.npy`` of :mod:`~cellpose_nb.export3d`).
 
     Every target path is checked and every result computed before anything is
     written, so without ``overwrite`` an existing file means nothing is written
@@ -397,12 +388,16 @@ def export_all(out_dir, name, image, result, *, channel_axis=None, overwrite=Fal
         ``diameter``), or a label image.
     channel_axis : int, optional
     overwrite : bool
-    formats : sequence of str
-        A subset of ``FORMATS``.
+    formats : sequence of str, optional
+        A subset of ``FORMATS`` (default: all).  For (Z, Y, X) labels, a subset of
+        ``export3d.FORMATS_3D`` (masks, csv, seg: the :mod:`~cellpose_nb.export3d`
+        writers; default: all three).
     before_rename : callable, optional
         Called with ``{target path: temporary path}`` once every temporary is
         written, before the first rename (``cellpose-nb segment`` notes there
         that the files are its own).
+    voxel_size : (dz, dy, dx), optional
+        Micrometres, for 3D labels only (see :func:`~cellpose_nb.export3d.write_masks_tif_3d`).
 
     Returns
     -------
@@ -427,11 +422,19 @@ def export_all(out_dir, name, image, result, *, channel_axis=None, overwrite=Fal
     ...     [p.name for p in export_all(tmp, "img", lab * 1.0, lab, formats=("masks", "csv"))]
     ['img_masks.tif', 'img_cells.csv']
     """
-    unknown = [f for f in formats if f not in SUFFIXES]
-    if unknown:
-        raise ValueError(f"unknown formats {unknown}; expected some of {list(FORMATS)}")
     labels = result if isinstance(result, np.ndarray) else result.labels
-    labels, chans = _labels_and_image(labels, image, channel_axis)  # fail before writing
+    volume = np.ndim(labels) == 3
+    allowed = E3.FORMATS_3D if volume else FORMATS
+    formats = allowed if formats is None else formats
+    unknown = [f for f in formats if f not in allowed]
+    if unknown:
+        raise ValueError(f"unknown formats {unknown} for {np.ndim(labels)}-D labels; expected "
+                         f"some of {list(allowed)}")
+    if voxel_size is not None and not volume:
+        raise ValueError(f"voxel_size={voxel_size!r} is for 3D labels; got shape {np.shape(labels)}")
+    E3._voxel_size(voxel_size)  # fail before writing
+    check = E3._labels_and_image_3d if volume else _labels_and_image
+    labels, chans = check(labels, image, channel_axis)  # fail before writing
     out_dir = Path(out_dir)
     what = f"labels for {out_dir / name}_*"
     if labels.size == 0:
@@ -445,13 +448,14 @@ def export_all(out_dir, name, image, result, *, channel_axis=None, overwrite=Fal
     _refuse_existing(targets.values(), overwrite)
     flows = getattr(result, "flows", None)
     jobs = {  # each computes its file's content now and returns the function that writes it
-        "masks": lambda p: _masks_job(labels),
+        "masks": lambda p: E3._masks_job_3d(labels, voxel_size) if volume else _masks_job(labels),
         "outlines": lambda p: _outlines_job(chans, labels, -1),
-        "csv": lambda p: _csv_job(labels, chans, -1),
+        "csv": lambda p: (E3._csv_job_3d(labels, chans, voxel_size, -1) if volume
+                          else _csv_job(labels, chans, -1)),
         "rois": lambda p: _rois_job(labels),
-        "seg": lambda p: _seg_job(p, chans, labels, flows, channel_axis=-1,
-                                  cellprob=getattr(result, "cellprob", None),
-                                  diameter=getattr(result, "diameter", None)),
+        "seg": lambda p: (E3._seg_job_3d if volume else _seg_job)(
+            p, chans, labels, flows, channel_axis=-1, cellprob=getattr(result, "cellprob", None),
+            diameter=getattr(result, "diameter", None)),
     }
     return write_files({p: jobs[f](p) for f, p in targets.items()},
                                  overwrite=overwrite, before_rename=before_rename)

@@ -177,12 +177,12 @@ def test_bad_values_are_refused_with_the_allowed_range(case, call, kind, phrase)
 
 
 def test_an_estimate_out_of_range_falls_back_to_diam_mean_with_a_warning(monkeypatch):
-    from cellpose_nb.predict import segmentation
+    from cellpose_nb.predict import passes, segmentation
 
     model = _tiny_model()
     model.record = model.record.replace(size_model={"coef": [0.0] * 8, "style_mean": [0.0] * 8,
                                                     "target_mean": 0.0, "diam_mean": 17.0})
-    monkeypatch.setattr(segmentation, "style_diameter", lambda *a, **k: 1e-4)
+    monkeypatch.setattr(passes, "style_diameter", lambda *a, **k: 1e-4)
     with pytest.warns(UserWarning, match="estimate cannot be used.*out of range"):
         res = segmentation.segment(_IMG, model)
     assert res.diameter == 17.0

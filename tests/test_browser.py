@@ -6,7 +6,9 @@ the widgets, moves the cellprob slider with the keyboard and checks, on the
 page, that the cell count changed and, on screenshots, that the displayed
 masks changed; then it clicks on a cell in the flow explorer's figure and
 checks that the picked pixel (the row and column sliders) became the clicked
-one and that the figure changed (clicks travel through ipyevents).
+one and that the figure changed (clicks travel through ipyevents); last it
+clicks on a cell in a VolumeExplorer's XY view and checks that this cell was
+picked and the XZ cut redrawn.
 
 Needs the ``playwright`` Python package and a Chromium binary (Debian's
 ``chromium``; Playwright's own browser download is not used).  Skipped when
@@ -83,6 +85,18 @@ print(f"CLICK {x / w:.6f} {y / h:.6f} {target[0]} {target[1]}")
 flows_explorer
 """
 
+VOLUME_CODE = """\
+from cellpose_nb.data.synthetic3d import make_synthetic_volume
+from cellpose_nb.widgets import VolumeExplorer
+
+vol = make_synthetic_volume((16, 64, 64), n_cells=6, diameter=24, anisotropy=2.0, seed=1)
+volume_explorer = VolumeExplorer(vol.image, vol.labels, anisotropy=2.0, channel_axis=-1)
+plane = vol.labels[volume_explorer.position[0]]
+vrow, vcol = (int(v) for v in np.argwhere(plane > 0)[len(np.argwhere(plane > 0)) // 2])
+print(f"VOLPICK {(vcol + 0.5) / 64:.6f} {(vrow + 0.5) / 64:.6f} {plane[vrow, vcol]}")
+volume_explorer
+"""
+
 
 def _missing(message):
     if IN_CI:
@@ -127,7 +141,8 @@ def _write_notebook(folder):
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_CODE), nbformat.v4.new_code_cell(FLOW_CODE)]
+    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_CODE), nbformat.v4.new_code_cell(FLOW_CODE),
+                nbformat.v4.new_code_cell(VOLUME_CODE)]
     path = folder / "explorer.ipynb"
     nbformat.write(nb, path)
     return path.name
@@ -307,6 +322,23 @@ def test_explorers_in_jupyterlab(chromium, jupyter_lab, tmp_path):
             )
             page.wait_for_timeout(300)
             flows_view.screenshot(path=tmp_path / "flows_after.png")
+
+            # the volume explorer: click on a cell in the XY view; the XZ cut moves through it
+            xy_view, xz_view = page.locator("img.cellpose-nb-volume-xy"), page.locator("img.cellpose-nb-volume-xz")
+            xy_view.scroll_into_view_if_needed(timeout=WIDGET_RENDER_S * 1000)
+            line = page.locator("[data-mime-type='application/vnd.jupyter.stdout']", has_text="VOLPICK").inner_text()
+            fx, fy, picked = line.split("VOLPICK")[1].split()
+            xz_src = xz_view.get_attribute("src")
+            box = xy_view.bounding_box()
+            page.mouse.click(box["x"] + float(fx) * box["width"], box["y"] + float(fy) * box["height"])
+            page.wait_for_function(
+                "want => document.querySelector('.cellpose-nb-volume-cell').textContent.trim() === want",
+                arg=f"cell {picked}", timeout=WIDGET_RENDER_S * 1000,
+            )
+            page.wait_for_function(
+                "before => document.querySelector('img.cellpose-nb-volume-xz').getAttribute('src') !== before",
+                arg=xz_src,
+            )
             page.screenshot(path=tmp_path / "page.png")
         except Exception:
             page.screenshot(path=tmp_path / "failure.png")  # what the page showed, for debugging

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cellpose_nb"
 NUMPY_LAYER = ["atomic", "labels", "normalize", "flows", "fmm", "masks", "_dynamics", "metrics", "augment",
                "flows3d", "masks3d", "_dynamics3d", "stitch",
-               "data", "export", "diffusion", "threshold_cache"]
+               "data", "export", "export3d", "diffusion", "threshold_cache"]
 TORCH_LAYER = ["model", "predict", "bioimageio", "distributed", "train"]
 DISPLAY_LAYER = ["plot", "widgets"]
 HEAVY = ["torch", "matplotlib", "ipywidgets"]

@@ -9,6 +9,7 @@ import torch
 from scipy import ndimage as ndi
 
 from cellpose_nb import predict as P
+from cellpose_nb.predict import passes as PS
 from cellpose_nb.predict import segmentation as S
 from cellpose_nb.data import make_synthetic
 from cellpose_nb.flows import FLOW_SCALE, masks_to_flows
@@ -100,7 +101,7 @@ def _spy(monkeypatch):
         seen.update(kw)
         return np.zeros(cellprob.shape, np.int32)
 
-    monkeypatch.setattr(S, "compute_masks", fake_compute_masks)
+    monkeypatch.setattr(PS, "compute_masks", fake_compute_masks)
     return seen
 
 
@@ -125,7 +126,7 @@ def test_diameter_none_without_size_model_warns_and_uses_diam_mean(net, monkeypa
     def no_call(*args, **kw):
         raise AssertionError("style_diameter called for a model without a size model")
 
-    monkeypatch.setattr(S, "style_diameter", no_call)
+    monkeypatch.setattr(PS, "style_diameter", no_call)
     with pytest.warns(UserWarning, match="no size model.*diam_mean"):
         res = P.segment(_smooth((40, 40)), net)
     assert res.diameter == DIAM
@@ -147,10 +148,10 @@ def test_diameter_none_segments_again_only_when_the_estimate_is_far_from_the_gue
     net = _tiny_model()
     net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16), 0.0, DIAM))
     scales = []
-    real = S.predict_flows
-    monkeypatch.setattr(S, "style_diameter", lambda *a, **k: 24.0)
-    monkeypatch.setattr(S, "median_diameter", lambda labels: measured)
-    monkeypatch.setattr(S, "predict_flows",
+    real = PS.predict_flows
+    monkeypatch.setattr(PS, "style_diameter", lambda *a, **k: 24.0)
+    monkeypatch.setattr(PS, "median_diameter", lambda labels: measured)
+    monkeypatch.setattr(PS, "predict_flows",
                         lambda x, model, scale, **kw: scales.append(scale) or real(x, model, scale=scale, **kw))
     res = P.segment(_smooth((40, 40)), net)
     want = measured if measured > 0 else 24.0  # no masks: the guess stands
@@ -184,7 +185,7 @@ def test_the_style_of_a_few_tiles_is_the_encoders_and_equals_run_net_on_small_im
 def test_a_guess_out_of_range_falls_back_to_diam_mean(monkeypatch):
     net = _tiny_model()
     net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16), 0.0, DIAM))
-    monkeypatch.setattr(S, "style_diameter", lambda *a, **k: np.inf)
+    monkeypatch.setattr(PS, "style_diameter", lambda *a, **k: np.inf)
     with pytest.warns(UserWarning, match="estimate cannot be used: diameter=inf"):
         assert P.segment(_smooth((40, 40)), net).diameter == DIAM
 

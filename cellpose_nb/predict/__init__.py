@@ -33,8 +33,9 @@ The network and mask knobs of :func:`segment` are a :class:`SegmentConfig`
 Modules: ``tiles`` (tile geometry and blending), ``net`` (network passes,
 flips, precision, rescaling), ``style`` (the style of a few tiles, encoder
 only), ``diameter`` (the size model), ``config``
-(:class:`SegmentConfig`), ``segmentation`` (:func:`segment`,
-:func:`segment_many`).  This package never imports :mod:`cellpose_nb.train`.
+(:class:`SegmentConfig`), ``passes`` (the result, the model's knobs, a pass
+at a diameter), ``volume`` (2.5D and stitched volumes), ``segmentation``
+(:func:`segment`, :func:`segment_many`).  This package never imports :mod:`cellpose_nb.train`.
 """
 
 from cellpose_nb.flows import FLOW_SCALE
@@ -61,17 +62,25 @@ from cellpose_nb.predict.net import (
     predict_flows,
     run_net,
 )
-from cellpose_nb.predict.segmentation import (
+from cellpose_nb.predict.net import run_net_stack
+from cellpose_nb.predict.passes import (
     DEFAULT_CHANNELS,
     REUSE_TOLERANCE,
     THRESHOLD_KEYS,
     InputKnobs,
     Segmentation,
     input_knobs,
-    segment,
-    segment_many,
 )
+from cellpose_nb.predict.segmentation import segment, segment_many
 from cellpose_nb.predict.style import STYLE_GRID, STYLE_QUANTILES, predict_style, style_tiles
+from cellpose_nb.predict.volume import (
+    ANISOTROPY,
+    FLOW_GAIN_3D,
+    MIN_SIDE_3D,
+    predict_flows_3d,
+    resampled_shape,
+    volume_input,
+)
 from cellpose_nb.predict.tiles import (
     OVERLAP_RANGE,
     PAD_EXTRA,
@@ -89,7 +98,9 @@ __all__ = [
     # segmentation
     "Segmentation", "SegmentConfig", "InputKnobs", "segment", "segment_many", "input_knobs",
     # network passes
-    "NetOutput", "FlowPrediction", "run_net", "predict_flows", "n_iter_for",
+    "NetOutput", "FlowPrediction", "run_net", "run_net_stack", "predict_flows", "n_iter_for",
+    # volumes
+    "volume_input", "predict_flows_3d", "resampled_shape",
     # tiles
     "TileLayout", "tile_layout", "taper_mask",
     # size model
@@ -101,5 +112,5 @@ __all__ = [
     "TAPER_MARGIN", "TAPER_SIGMA", "BATCH_SIZE", "BATCH_SIZE_CPU", "PRECISION", "PRECISIONS",
     "DEFAULT_CHANNELS", "THRESHOLD_KEYS", "CELLPROB_THRESHOLD", "FLOW_THRESHOLD",
     "MIN_SIZE", "N_ITER", "FLOW_SCALE", "MIN_DIAMETER", "SIZE_MODEL_FILE", "REUSE_TOLERANCE",
-    "STYLE_GRID", "STYLE_QUANTILES",
+    "STYLE_GRID", "STYLE_QUANTILES", "ANISOTROPY", "FLOW_GAIN_3D", "MIN_SIDE_3D",
 ]

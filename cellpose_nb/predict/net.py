@@ -33,7 +33,7 @@ from cellpose_nb.predict.tiles import (
 )
 
 __all__ = ["BATCH_SIZE", "BATCH_SIZE_CPU", "PRECISION", "PRECISIONS", "NetOutput",
-           "FlowPrediction", "run_net", "predict_flows", "n_iter_for"]
+           "FlowPrediction", "run_net", "run_net_stack", "predict_flows", "n_iter_for"]
 
 BATCH_SIZE = 8  # tiles per forward pass on GPUs (Cellpose's batch_size)
 BATCH_SIZE_CPU = 2  # ... and on the CPU, where small batches keep the feature maps in cache
@@ -107,6 +107,22 @@ def _flip_axes(layout, j, i):
     return tuple(ax for ax, odd in ((1, i % 2), (2, j % 2)) if odd)
 
 
+def _check_run_args(x, ndim, what, batch_size, tile_overlap, precision):
+    x = np.asarray(x)
+    if x.ndim != ndim:
+        raise ValueError(f"x must be {what}; got shape {x.shape}")
+    if x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"x must be non-empty and finite; got shape {x.shape} with "
+                         f"{int(np.size(x) - np.isfinite(x).sum())} NaN/inf values")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if not 0 <= tile_overlap < 1:
+        raise ValueError(f"tile_overlap must be a fraction in [0, 1); got {tile_overlap}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
+    return x
+
+
 def run_net(x, model, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment=False,
             batch_size=None, device=None, precision=PRECISION):
     """Run the network on a (C, H, W) input of any size, in blended tiles.
@@ -158,26 +174,65 @@ def run_net(x, model, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
     x = np.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"x must be a (C, H, W) network input; got shape {x.shape}")
-    if x.size == 0 or not np.isfinite(x).all():
-        raise ValueError(f"x must be non-empty and finite; got shape {x.shape} with "
-                         f"{int(np.size(x) - np.isfinite(x).sum())} NaN/inf values")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if not 0 <= tile_overlap < 1:
-        raise ValueError(f"tile_overlap must be a fraction in [0, 1); got {tile_overlap}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
+    out = []
+    style = run_net_stack(x[None], model, lambda k, y: out.append(y), tile_size=tile_size,
+                          tile_overlap=tile_overlap, augment=augment, batch_size=batch_size,
+                          device=device, precision=precision)
+    return NetOutput(y=out[0], style=style)
+
+
+def run_net_stack(xs, model, on_output, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP,
+                  augment=False, batch_size=None, device=None, precision=PRECISION):
+    """:func:`run_net` on a stack of same-sized inputs, with tiles of several inputs per batch.
+
+    The slices of a volume are run this way (Cellpose's ``run_net`` on a stack
+    does the same): small slices fill a batch together instead of one batch
+    each.  Each input's output is handed to ``on_output(k, y)`` as soon as its
+    last tile is done, so a caller can add it into a volume without a second
+    copy of the stack's outputs.
+
+    Parameters
+    ----------
+    xs : ndarray (N, C, H, W)
+        N network inputs of the same size (a view into a volume is fine: tiles are copied).
+    model : torch.nn.Module
+    on_output : callable
+        ``on_output(k, y)`` with ``y`` the (n_out, H, W) float32 output of
+        ``xs[k]`` at network scale, as :func:`run_net`'s ``y``; ``y`` is new
+        and may be kept.
+    tile_size, tile_overlap, augment, batch_size, device, precision
+        As :func:`run_net`.
+
+    Returns
+    -------
+    style : ndarray (n_style,) of float32
+        The style summed over every tile of every input, L2-normalised.
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> _ = torch.manual_seed(0)
+    >>> net = CellposeUNet(ModelConfig(features=(8, 16))).eval()
+    >>> xs = np.random.default_rng(0).random((3, 2, 40, 50), np.float32)
+    >>> ys = {}
+    >>> _ = run_net_stack(xs, net, ys.__setitem__, tile_size=32, batch_size=4)
+    >>> sorted(ys), bool(np.allclose(ys[1], run_net(xs[1], net, tile_size=32).y, atol=1e-5))
+    ([0, 1, 2], True)
+    """
+    xs = _check_run_args(xs, 4, "an (N, C, H, W) stack of network inputs", batch_size,
+                         tile_overlap, precision)
     amp = PRECISIONS[precision]
     multiple = PAD_MULTIPLE
     config = getattr(model, "config", None)
     if config is not None:
         multiple = math.lcm(PAD_MULTIPLE, config.size_multiple)
-    layout = tile_layout(x.shape[1:], tile_size=tile_size, tile_overlap=tile_overlap,
+    layout = tile_layout(xs.shape[2:], tile_size=tile_size, tile_overlap=tile_overlap,
                          augment=augment, multiple=multiple)
     weight_tile = _blend_weight(layout)
-    tiles = [(j, i) for j in range(len(layout.rows)) for i in range(len(layout.cols))]
+    per_input = [(j, i) for j in range(len(layout.rows)) for i in range(len(layout.cols))]
+    tiles = [(k, j, i) for k in range(xs.shape[0]) for j, i in per_input]
 
-    total = weight = None
+    partial = {}  # k -> (sum, weight, tiles added) of the inputs in flight
     style_sum = None
     net, device = _on_device(model, device)
     if batch_size is None:
@@ -187,27 +242,32 @@ def run_net(x, model, *, tile_size=TILE_SIZE, tile_overlap=TILE_OVERLAP, augment
     with _evaluating(net), torch.inference_mode(), autocast:
         for start in range(0, len(tiles), int(batch_size)):
             chunk = tiles[start:start + int(batch_size)]
-            batch = np.empty((len(chunk), x.shape[0], *layout.tile), np.float32)
+            batch = np.empty((len(chunk), xs.shape[1], *layout.tile), np.float32)
             places = []
-            for b, (j, i) in enumerate(chunk):
-                places.append(_read_tile(x, layout, layout.rows[j], layout.cols[i], batch[b]))
+            for b, (k, j, i) in enumerate(chunk):
+                places.append(_read_tile(xs[k], layout, layout.rows[j], layout.cols[i], batch[b]))
                 if flip := _flip_axes(layout, j, i):
                     batch[b] = np.flip(batch[b], flip)
             y, style = net(torch.from_numpy(batch).to(device, dtype))
             y = y.float().cpu().numpy()
             style = style.double().sum(0).cpu().numpy()
             style_sum = style if style_sum is None else style_sum + style
-            if total is None:  # now that the number of outputs is known
-                total = np.zeros((y.shape[1], *x.shape[1:]), np.float32)
-                weight = np.zeros(x.shape[1:], np.float32)
-            for b, (j, i) in enumerate(chunk):
+            for b, (k, j, i) in enumerate(chunk):
+                if k not in partial:  # now that the number of outputs is known
+                    partial[k] = [np.zeros((y.shape[1], *xs.shape[2:]), np.float32),
+                                  np.zeros(xs.shape[2:], np.float32), 0]
+                total, weight, _ = partial[k]
                 flip = _flip_axes(layout, j, i)
                 _add_tile(total, weight, _unflip(y[b], flip) if flip else y[b], places[b],
                           weight_tile)
-    total /= weight
+                partial[k][2] += 1
+                if partial[k][2] == len(per_input):
+                    total, weight, _ = partial.pop(k)
+                    total /= weight
+                    on_output(k, total)
     norm = np.sqrt((style_sum ** 2).sum())
     style = style_sum / norm if norm > 0 else style_sum
-    return NetOutput(y=total, style=style.astype(np.float32))
+    return style.astype(np.float32)
 
 
 def _resize(a, shape):

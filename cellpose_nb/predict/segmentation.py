@@ -1,72 +1,32 @@
 """From an image to labels in one call: :func:`segment` and :func:`segment_many`.
 
-The knobs a model brings along are resolved here: its input recipe
-(:func:`input_knobs`), its tuned thresholds, and its size model when no
-diameter is given.  The network and mask knobs are a
+The knobs a model brings along (its input recipe, its tuned thresholds, its
+size model when no diameter is given) are resolved by :mod:`.passes`; volumes
+go to :mod:`.volume`.  The network and mask knobs are a
 :class:`~cellpose_nb.predict.SegmentConfig`, or keyword overrides of one.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import NamedTuple
-
 import numpy as np
 
-from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, compute_masks
-from cellpose_nb.model.record import record_field
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict.config import SegmentConfig
-from cellpose_nb.predict.diameter import (
-    _stored_size_model,
-    check_diameter,
-    median_diameter,
-    style_diameter,
+from cellpose_nb.predict.diameter import _stored_size_model, check_diameter
+from cellpose_nb.predict.passes import (
+    REUSE_TOLERANCE,
+    InputKnobs,
+    Segmentation,
+    _estimate_and_run,
+    _fallback_diameter,
+    _run_pass,
+    _thresholds,
+    input_knobs,
 )
-from cellpose_nb.predict.net import n_iter_for, predict_flows
+from cellpose_nb.predict.volume import segment_volume
 
 __all__ = ["Segmentation", "InputKnobs", "REUSE_TOLERANCE", "segment", "segment_many",
            "input_knobs"]
-
-DEFAULT_CHANNELS = (0, None)  # network input of a model without an input recipe
-# keys read from model.record.thresholds, first match wins
-THRESHOLD_KEYS = {"cellprob_threshold": ("cellprob_threshold", "cellprob"),
-                  "flow_threshold": ("flow_threshold", "flow")}
-#: without a given diameter, the image is segmented at the size model's guess and the
-#: masks' median diameter is the estimate; that segmentation is the result when the
-#: estimate is within this fraction of the guess, else the image is segmented again at it
-REUSE_TOLERANCE = 0.1
-
-
-class Segmentation(NamedTuple):
-    """Result of :func:`segment`, everything at the original image size.
-
-    Attributes
-    ----------
-    labels : ndarray (H, W) of int32
-        0 = background, 1..N = cells.
-    flows : ndarray (2, H, W) of float32
-        Predicted (d_row, d_col) at unit scale (network output / FLOW_SCALE).
-    cellprob : ndarray (H, W) of float32
-        Predicted cell-probability logits.
-    style : ndarray (n_style,) of float32
-        Style vector, summed over tiles and L2-normalised.
-    diameter : float
-        The cell diameter (px): the one given, or the estimate (the network ran
-        at the size model's guess when the estimate was within
-        ``REUSE_TOLERANCE`` of it; ``notes`` says which).
-    notes : tuple of str
-        What the input lacked and how it was handled, e.g. a one-channel image
-        given to a model that also reads a nuclear channel (that channel is
-        then zeros, as in Cellpose), or the diameter's estimate.
-    """
-
-    labels: np.ndarray
-    flows: np.ndarray
-    cellprob: np.ndarray
-    style: np.ndarray
-    diameter: float
-    notes: tuple = ()
 
 
 def _input_notes(image, channels, channel_axis):
@@ -79,109 +39,6 @@ def _input_notes(image, channels, channel_axis):
     return ()
 
 
-def _fallback_diameter(model, reason, stacklevel):
-    """The model's diam_mean, with a warning naming why the diameter is not estimated."""
-    diam_mean = float(model.config.diam_mean)
-    warnings.warn(f"diameter=None: {reason}; using the model's diam_mean = {diam_mean:g} px. "
-                  "Pass diameter= to set the cell size.", UserWarning, stacklevel=stacklevel)
-    return diam_mean
-
-
-def _run_pass(x, model, diameter, cfg, th):
-    """The network at ``diameter`` and the masks of its output: (FlowPrediction, labels)."""
-    scale = float(model.config.diam_mean) / diameter
-    pred = predict_flows(x, model, scale=scale, tile_size=cfg.tile_size,
-                         tile_overlap=cfg.tile_overlap, augment=cfg.augment,
-                         batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
-    n_iter = n_iter_for(scale) if cfg.n_iter is None else cfg.n_iter
-    return pred, compute_masks(pred.flows, pred.cellprob, **th, n_iter=n_iter,
-                               min_size=cfg.min_size)
-
-
-def _estimate_and_run(x, model, size_model, cfg, th):
-    """Segment without a diameter: the size model's guess, one pass at it, the masks'
-    median diameter as the estimate, and a second pass only when the estimate is more
-    than REUSE_TOLERANCE from the guess.  Returns (diameter, pred, labels, notes)."""
-    shape, diam_mean = x.shape[-2:], float(model.config.diam_mean)
-    guess = style_diameter(x, model, size_model, tile_size=cfg.tile_size,
-                           tile_overlap=cfg.tile_overlap, batch_size=cfg.batch_size,
-                           device=cfg.device, precision=cfg.precision)
-    try:
-        guess = check_diameter(guess, shape, diam_mean)
-    except ValueError as exc:
-        d = _fallback_diameter(model, f"the size model's estimate cannot be used: {exc}", 4)
-        return (d, *_run_pass(x, model, d, cfg, th), ())
-    pred, labels = _run_pass(x, model, guess, cfg, th)
-    measured = median_diameter(labels)
-    try:
-        estimate = check_diameter(measured, shape, diam_mean) if measured > 0 else guess
-    except ValueError:  # e.g. masks too small to measure: keep the guess
-        estimate = guess
-    note = f"diameter estimated: {estimate:.1f} px (size model's guess {guess:.1f} px"
-    if abs(estimate / guess - 1) > REUSE_TOLERANCE:
-        pred, labels = _run_pass(x, model, estimate, cfg, th)
-        note += f"; segmented again at {estimate:.1f} px)"
-    else:
-        note += f", within {REUSE_TOLERANCE:.0%}: segmented once)"
-    return estimate, pred, labels, (note,)
-
-
-def _thresholds(model, cellprob_threshold, flow_threshold):
-    tuned = record_field(model, "thresholds") or {}
-    chosen = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold}
-    defaults = {"cellprob_threshold": CELLPROB_THRESHOLD, "flow_threshold": FLOW_THRESHOLD}
-    for name, keys in THRESHOLD_KEYS.items():
-        if chosen[name] is None:
-            found = [tuned[k] for k in keys if k in tuned]
-            chosen[name] = found[0] if found else defaults[name]
-    try:  # the model's tuned values get the same range checks as the caller's
-        SegmentConfig(**chosen)
-    except ValueError as exc:
-        raise ValueError(f"the model's tuned thresholds {tuned}: {exc}") from None
-    return {k: float(v) for k, v in chosen.items()}
-
-
-class InputKnobs(NamedTuple):
-    """Result of :func:`input_knobs`: how an image becomes network input.
-
-    Attributes
-    ----------
-    channels : tuple
-        ``channels`` of :func:`~cellpose_nb.normalize.to_network_input`.
-    invert : bool or "auto"
-        ``invert`` of :func:`~cellpose_nb.normalize.to_network_input`.
-    """
-
-    channels: tuple
-    invert: bool | str
-
-
-def input_knobs(model, channels=None, invert=None) -> InputKnobs:
-    """``channels`` and ``invert`` for :func:`segment`: the caller's, else the model's recipe.
-
-    A model trained by :func:`cellpose_nb.train.train_folder` remembers how its
-    training images became network input (``model.record.input_recipe``, saved as
-    ``input.json``); without one the defaults are ``(0, None)`` and ``False``.
-
-    Examples
-    --------
-    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
-    >>> net = CellposeUNet(ModelConfig(features=(4, 8)))
-    >>> input_knobs(net)
-    InputKnobs(channels=(0, None), invert=False)
-    >>> net.record = net.record.replace(input_recipe={"channels": ["gray", None], "invert": "auto"})
-    >>> channels, invert = input_knobs(net)
-    >>> (channels, invert), tuple(input_knobs(net, channels=(1, 0), invert=False))
-    ((('gray', None), 'auto'), ((1, 0), False))
-    """
-    recipe = record_field(model, "input_recipe") or {}
-    if channels is None:
-        channels = tuple(recipe.get("channels", DEFAULT_CHANNELS))
-    if invert is None:
-        invert = recipe.get("invert", False)
-    return InputKnobs(tuple(channels), invert)
-
-
 def _config_of(config, knobs):
     """``config`` (default: ``SegmentConfig()``) with the keyword overrides ``knobs``."""
     if config is None:
@@ -192,7 +49,8 @@ def _config_of(config, knobs):
 
 
 def segment(image, model, *, diameter=None, channels=None, channel_axis=None, invert=None,
-            config=None, **knobs):
+            do_3d=False, anisotropy=None, z_axis=None, stitch_threshold=None, config=None,
+            **knobs):
     """Segment an image (or a list of images) with a trained model.
 
     Parameters
@@ -217,6 +75,20 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None, in
         shipped nuclei model's ``("gray", None)`` and ``"auto"``: colour images
         are turned to gray and images with dark nuclei on a light background
         (histology, brightfield) inverted; ``(0, None)`` and ``False`` without one.
+    do_3d : bool
+        ``image`` is a volume (Z, Y, X), or 4-D with ``channel_axis``: Cellpose's
+        2.5D segmentation (see :mod:`cellpose_nb.predict.volume`).  Returns
+        (Z, Y, X) labels, (3, Z, Y, X) flows and (Z, Y, X) cell probabilities.
+        The flow check is off unless ``flow_threshold`` is given, as in Cellpose.
+    anisotropy : float, optional
+        With ``do_3d``: the Z step over the XY pixel size (e.g. 2.0 for 0.5 um
+        pixels and 1 um slices); Z is resampled by it.  Default 1.
+    z_axis : int, optional
+        The slice axis of a volume (default 0).
+    stitch_threshold : float, optional
+        ``image`` is a volume: segment every YX slice in 2D and link masks of
+        consecutive slices with IoU >= ``stitch_threshold`` (Cellpose's
+        ``stitch_threshold``; e.g. 0.25).  Flows are then (2, Z, Y, X).
     config : SegmentConfig, optional
         The network and mask knobs (default: ``SegmentConfig()``):
 
@@ -254,7 +126,16 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None, in
             raise TypeError("a list given as the image must hold numpy arrays, one per image; "
                             "for one image given as nested lists pass np.asarray(image)")
         return [segment(im, model, diameter=diameter, channels=channels,
-                        channel_axis=channel_axis, invert=invert, config=cfg) for im in image]
+                        channel_axis=channel_axis, invert=invert, do_3d=do_3d,
+                        anisotropy=anisotropy, z_axis=z_axis, stitch_threshold=stitch_threshold,
+                        config=cfg) for im in image]
+    if do_3d or stitch_threshold is not None:
+        return segment_volume(image, model, do_3d=bool(do_3d), stitch_threshold=stitch_threshold,
+                              anisotropy=anisotropy, z_axis=z_axis, channel_axis=channel_axis,
+                              diameter=diameter, channels=channels, invert=invert, cfg=cfg)
+    if anisotropy is not None or z_axis is not None:
+        raise ValueError("anisotropy= and z_axis= are for volumes: pass do_3d=True (2.5D) or "
+                         "stitch_threshold= (2D slices linked by IoU)")
     channels, invert = input_knobs(model, channels, invert)
     x = to_network_input(image, channels=channels, channel_axis=channel_axis,
                          normalize=cfg.normalize, invert=invert)

@@ -1,6 +1,6 @@
-"""Interactive explorers: flows, mask thresholds, heat diffusion; one per file.
+"""Interactive explorers: flows, mask thresholds, heat diffusion, volumes; one per file.
 
-Three explorers, each a plain Python object with
+Four explorers, each a plain Python object with
 
 * pure methods that compute what is shown (``update``, ``pick_pixel``,
   ``heat``...), usable in scripts and tests without any widget;
@@ -10,7 +10,7 @@ Three explorers, each a plain Python object with
   explorer displays itself as its widget in Jupyter.
 
 ipywidgets is imported here only, and lazily: ``explore_flows``,
-``explore_thresholds`` and ``play_diffusion`` fall back to the static figure
+``explore_thresholds``, ``play_diffusion`` and ``explore_volume`` fall back to the static figure
 (with a warning) when it cannot be imported.
 
 Everything expensive is computed once and cached; a slider move only redoes
@@ -50,14 +50,17 @@ from cellpose_nb.widgets.threshold_explorer import (
     ThresholdExplorer,
     explore_thresholds,
 )
+from cellpose_nb.widgets.volume_explorer import VolumeExplorer, explore_volume
 
 __all__ = [
     "FlowExplorer",
     "ThresholdExplorer",
     "DiffusionPlayer",
+    "VolumeExplorer",
     "explore_flows",
     "explore_thresholds",
     "play_diffusion",
+    "explore_volume",
     "simulate_diffusion",
     "heat_gradient",
     "follow_with_min",
