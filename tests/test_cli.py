@@ -1,5 +1,6 @@
 """The ``cellpose-nb`` command: demo, evaluate, segment, train."""
 
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -153,6 +154,17 @@ def test_train_with_a_validation_list_saves_the_input_recipe(tmp_path, capsys):
     assert "not_there" in capsys.readouterr().err
 
 
+@contextlib.contextmanager
+def _patched_probes(**kw):
+    """Every torch probe of train.precision.BFLOAT16_ISA patched (this CPU may have any)."""
+    from cellpose_nb.train.precision import BFLOAT16_ISA
+
+    with contextlib.ExitStack() as stack:
+        for probe in BFLOAT16_ISA.values():
+            stack.enter_context(mock.patch(f"torch.cpu.{probe}", create=True, **kw))
+        yield
+
+
 def test_train_amp_flag_defaults_to_the_device_rule():
     """No flag: None (mixed precision on cuda and on CPUs with AMX); --amp / --no-amp force it."""
     import torch
@@ -165,11 +177,11 @@ def test_train_amp_flag_defaults_to_the_device_rule():
     assert parse(["train", "f", "--out", "o", "--amp"]).amp is True
     assert parse(["train", "f", "--out", "o", "--no-amp"]).amp is False
     assert amp_dtype(TrainConfig(amp=None), "cuda") == torch.float16
-    with mock.patch("torch.cpu._is_amx_tile_supported", return_value=False):
+    with _patched_probes(return_value=False):  # an AVX2 CPU
         assert amp_dtype(TrainConfig(amp=None), "cpu") is None
-    with mock.patch("torch.cpu._is_amx_tile_supported", return_value=True):
+    with _patched_probes(return_value=True):
         assert amp_dtype(TrainConfig(amp=None), "cpu") == torch.bfloat16
-    with mock.patch("torch.cpu._is_amx_tile_supported", side_effect=AttributeError):
+    with _patched_probes(side_effect=AttributeError):
         assert amp_dtype(TrainConfig(amp=None), "cpu") is None  # private API gone: float32
     assert amp_dtype(TrainConfig(amp=None), "mps") is None
     assert amp_dtype(TrainConfig(amp=False), "cuda") is None

@@ -31,6 +31,7 @@ import contextlib
 import errno
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ from cellpose_nb.atomic import reworded, stale_temporaries, write_bytes
 from cellpose_nb.cli._common import add_channel_options, field_default, load_model, parse_channels, parse_invert
 from cellpose_nb.cli.segment_dask import add_dask_options, wants_dask
 from cellpose_nb.cli.segment_dask import run as run_dask
+from cellpose_nb.export3d import FORMATS_3D
 from cellpose_nb.predict import PRECISIONS, SegmentConfig, segment
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -68,15 +70,62 @@ def add_parser(sub):
                      help="default: the model's tuned one, else masks.FLOW_THRESHOLD")
     seg.add_argument("--augment", action="store_true", default=c("augment"), help="test-time flips")
     seg.add_argument("--tile-size", type=int, default=c("tile_size"))
-    seg.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
-                     help="outputs to write per image")
+    seg.add_argument("--formats", nargs="+", default=None, choices=FORMATS,
+                     help=f"outputs to write per image (default: all; for volumes "
+                          f"{', '.join(FORMATS_3D)})")
     seg.add_argument("--device", default=c("device"), help="cuda, mps or cpu (default: best available)")
     seg.add_argument("--precision", default=c("precision"), choices=list(PRECISIONS),
                      help="network precision; bfloat16/float16 run under autocast: faster on "
                           "GPUs and on CPUs with bfloat16 units, outputs differ by about 1 %%")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_volume_options(seg)
     add_dask_options(seg)
     seg.set_defaults(func=run)
+
+
+def add_volume_options(parser):
+    """``--3d``, ``--stitch-threshold``, ``--z-axis``, ``--anisotropy``, ``--voxel-size``."""
+    g = parser.add_argument_group("volumes (Z, Y, X) stacks")
+    g.add_argument("--3d", dest="do_3d", action="store_true",
+                   help="2.5D: the network on the YX, ZX and ZY slices, flows followed in 3D")
+    g.add_argument("--stitch-threshold", type=float, default=None, metavar="IOU",
+                   help="2D masks on every slice, linked across slices at this IoU (e.g. 0.25)")
+    g.add_argument("--z-axis", type=int, default=None,
+                   help="axis of the slices in the files (default: 0)")
+    g.add_argument("--anisotropy", type=float, default=None,
+                   help="Z step over the XY pixel size (default: dz/dy of --voxel-size, else 1)")
+    g.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("DZ", "DY", "DX"),
+                   help="micrometres, written into the masks TIFF")
+
+
+def volume_options(args):
+    """The keyword arguments of :func:`segment` for a volume ({} for 2D images), checked.
+
+    ``--z-axis``, ``--anisotropy`` and ``--voxel-size`` need ``--3d`` or
+    ``--stitch-threshold``; without ``--anisotropy`` a voxel size gives it (dz / dy).
+    """
+    volume = args.do_3d or args.stitch_threshold is not None
+    given = [f"--{n.replace('_', '-')}" for n in ("z_axis", "anisotropy", "voxel_size")
+             if getattr(args, n) is not None]
+    if not volume:
+        if given:
+            raise ValueError(f"{', '.join(given)} are for volumes: add --3d (2.5D) or "
+                             "--stitch-threshold IOU (2D slices linked by IoU)")
+        return {}
+    if args.do_3d and args.stitch_threshold is not None:
+        raise ValueError("choose --3d or --stitch-threshold, not both")
+    if wants_dask(args):
+        raise ValueError("--3d and --stitch-threshold do not work with --dask: volumes are "
+                         "segmented in one process")
+    anisotropy = args.anisotropy
+    if args.voxel_size is not None:
+        dz, dy, dx = args.voxel_size
+        if not all(v > 0 and math.isfinite(v) for v in args.voxel_size):
+            raise ValueError(f"--voxel-size must be three positive numbers (dz dy dx, um); "
+                             f"got {dz:g} {dy:g} {dx:g}")
+        anisotropy = dz / dy if anisotropy is None else anisotropy
+    return {"do_3d": args.do_3d, "stitch_threshold": args.stitch_threshold,
+            "z_axis": args.z_axis, "anisotropy": anisotropy}
 
 
 def config_from_args(args) -> SegmentConfig:
@@ -201,7 +250,7 @@ def _write_marker(path, complete, records):
 
 
 # --- one image: the unit that the serial and the dask folder modes share -------------------
-def segment_image(f, *, out, targets, model, args, channels, config, formats):
+def segment_image(f, *, out, targets, model, args, channels, config, formats, volume=None):
     """Segment one image file into its outputs in ``out``, by the marker rules above.
 
     Returns
@@ -209,6 +258,7 @@ def segment_image(f, *, out, targets, model, args, channels, config, formats):
     (str, str)
         ``"done"``, ``"skipped"`` or ``"failed"``, and the line to print.
         An OSError of :data:`STOP_ERRNOS` (full disk, read-only ``--out``) is raised.
+    ``volume``: :func:`volume_options` (None or {}: a 2D image).
     """
     from cellpose_nb.data import read_image
     from cellpose_nb.export import export_all
@@ -238,13 +288,14 @@ def segment_image(f, *, out, targets, model, args, channels, config, formats):
         image = read_image(f)
         res = segment(image, model, diameter=args.diameter, channels=channels,
                       channel_axis=args.channel_axis,
-                      invert=parse_invert(args.invert), config=config)
+                      invert=parse_invert(args.invert), config=config, **(volume or {}))
     except Exception as exc:  # a bad image: report, skip, keep going
         return "failed", f"{f.name}: FAILED: {type(exc).__name__}: {exc}"
     try:
         paths = export_all(out, name, image, res, channel_axis=args.channel_axis,
                            overwrite=args.overwrite or bool(existing), formats=formats,
-                           before_rename=note_ours)
+                           before_rename=note_ours,
+                           voxel_size=getattr(args, "voxel_size", None) if volume else None)
         _write_marker(marker, True, {**kept, **{p.name: _stamp(p) for p in paths}})  # last
     except Exception as exc:
         if isinstance(exc, OSError) and exc.errno in STOP_ERRNOS:
@@ -264,8 +315,10 @@ def plan_inputs(args):
     return files
 
 
-def plan_outputs(args, files):
+def plan_outputs(args, files, volume=False):
     """Each image's output files and the formats; ``--out`` made and cleaned of temporaries.
+
+    ``--formats`` defaults to all of ``FORMATS`` (images) or ``FORMATS_3D`` (``volume``).
 
     Returns
     -------
@@ -274,11 +327,15 @@ def plan_outputs(args, files):
     from cellpose_nb.export import SUFFIXES
 
     out = args.out
+    allowed = FORMATS_3D if volume else FORMATS
+    formats = tuple(dict.fromkeys(allowed if args.formats is None else args.formats))
+    if set(formats) - set(allowed):
+        raise ValueError(f"--formats {' '.join(sorted(set(formats) - set(allowed)))}: not written "
+                         f"for volumes; choose from {', '.join(allowed)}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise reworded(exc, f"cannot create the output folder {out}") from exc
-    formats = tuple(dict.fromkeys(args.formats))
     targets = {f: [out / f"{name_of(f)}{SUFFIXES[fmt]}" for fmt in formats] for f in files}
     ours_named = [t.name for ts in targets.values() for t in ts]
     ours_named += [marker_path(out, name_of(f)).name for f in files]
@@ -309,19 +366,20 @@ def report(files, out, failed, skipped, stopped=None, stopped_at=None):
 def run(args):
     from tqdm import tqdm
 
+    volume = volume_options(args)  # bad options fail before any work
     if wants_dask(args):  # large images / folders on dask.distributed
         return run_dask(args, sys.modules[__name__])
     config = config_from_args(args)  # bad options fail before the model is loaded
     files = plan_inputs(args)
     model = load_model(args.model, args.device)
-    targets, formats = plan_outputs(args, files)
+    targets, formats = plan_outputs(args, files, volume=bool(volume))
     channels = None if args.channels is None else parse_channels(args.channels)
     failed, skipped, stopped = [], [], None
     for f in tqdm(files, desc="segment", unit="image"):
         try:
             status, message = segment_image(f, out=args.out, targets=targets[f], model=model,
                                             args=args, channels=channels, config=config,
-                                            formats=formats)
+                                            formats=formats, volume=volume)
         except OSError as exc:
             if exc.errno not in STOP_ERRNOS:
                 raise

@@ -124,13 +124,14 @@ def _run_large(args, images, config, client, serial):
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    formats = [f for f in dict.fromkeys(args.formats) if f in BLOCKWISE_FORMATS]
-    left = [f for f in dict.fromkeys(args.formats) if f not in BLOCKWISE_FORMATS]
+    requested = list(dict.fromkeys(args.formats or serial.FORMATS))
+    formats = [f for f in requested if f in BLOCKWISE_FORMATS]
+    left = [f for f in requested if f not in BLOCKWISE_FORMATS]
     if left:
         print(f"note: {', '.join(left)} not written for block-wise images (they need the whole "
               "image in memory)", file=sys.stderr)
     if not formats:
-        raise ValueError(f"--formats {' '.join(args.formats)}: none of these is written block-wise; "
+        raise ValueError(f"--formats {' '.join(requested)}: none of these is written block-wise; "
                          f"choose from {', '.join(BLOCKWISE_FORMATS)}")
     names = [large_name(p) for p in images]
     if len(set(names)) < len(names):
