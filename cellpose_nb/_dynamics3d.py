@@ -21,39 +21,53 @@ PARALLEL_MIN_STEPS_3D = 20_000_000
 
 # ----------------------------------------------------------------------------- following
 @numba.njit(cache=True, nogil=True, inline="always")
-def _axis(n, p):
-    """Lower corner, upper corner and weight of the upper one along an axis of length ``n``."""
-    i0 = min(n - 1, max(0, np.int32(p)))
-    return i0, min(n - 1, i0 + 1), p - np.float32(np.int32(p))
+def _axis(n, p, cellpose_grid):
+    """Corners and weights (lower, upper, lower weight, upper weight) along an axis of length ``n``.
 
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _tri(flows, c, z0, z1, y0, y1, x0, x1, wz, wy, wx):
-    """Trilinear interpolation of component ``c`` between the given corners."""
+    ``cellpose_grid``: as Cellpose 3.1.1.2's 3D step (``grid_sample(align_corners=False)``
+    on coordinates normalised by ``n - 1``), the field is read at ``p * n / (n - 1) - 0.5``
+    and is zero beyond the volume's faces; else at ``p``, clamped to the volume.
+    """
     one = np.float32(1.0)
-    a = (flows[z0, y0, x0, c] * (one - wx) + flows[z0, y0, x1, c] * wx) * (one - wy) \
-        + (flows[z0, y1, x0, c] * (one - wx) + flows[z0, y1, x1, c] * wx) * wy
-    b = (flows[z1, y0, x0, c] * (one - wx) + flows[z1, y0, x1, c] * wx) * (one - wy) \
-        + (flows[z1, y1, x0, c] * (one - wx) + flows[z1, y1, x1, c] * wx) * wy
-    return a * (one - wz) + b * wz
+    if cellpose_grid and n > 1:
+        q = p * np.float32(n) / np.float32(n - 1) - np.float32(0.5)
+        f = np.floor(q)
+        w = q - f
+        i0 = np.int32(f)
+        w0 = one - w if 0 <= i0 <= n - 1 else np.float32(0.0)
+        w1 = w if 0 <= i0 + 1 <= n - 1 else np.float32(0.0)
+        return min(n - 1, max(0, i0)), min(n - 1, max(0, i0 + 1)), w0, w1
+    i0 = min(n - 1, max(0, np.int32(p)))
+    w = p - np.float32(np.int32(p))
+    return i0, min(n - 1, i0 + 1), one - w, w
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _interp3(flows, z, y, x):
+def _tri(flows, c, z0, z1, y0, y1, x0, x1, vz, wz, vy, wy, vx, wx):
+    """Trilinear interpolation of component ``c``: corners and (lower, upper) weights per axis."""
+    a = (flows[z0, y0, x0, c] * vx + flows[z0, y0, x1, c] * wx) * vy \
+        + (flows[z0, y1, x0, c] * vx + flows[z0, y1, x1, c] * wx) * wy
+    b = (flows[z1, y0, x0, c] * vx + flows[z1, y0, x1, c] * wx) * vy \
+        + (flows[z1, y1, x0, c] * vx + flows[z1, y1, x1, c] * wx) * wy
+    return a * vz + b * wz
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _interp3(flows, z, y, x, cellpose_grid):
     """Trilinear interpolation of the 3 flow components at (z, y, x); ``flows`` is (Z, Y, X, 3).
 
-    Clamped to the volume as the 2D step is; float32 throughout.
+    Float32 throughout; ``cellpose_grid`` as :func:`_axis`.
     """
-    z0, z1, wz = _axis(flows.shape[0], z)
-    y0, y1, wy = _axis(flows.shape[1], y)
-    x0, x1, wx = _axis(flows.shape[2], x)
-    return (_tri(flows, 0, z0, z1, y0, y1, x0, x1, wz, wy, wx),
-            _tri(flows, 1, z0, z1, y0, y1, x0, x1, wz, wy, wx),
-            _tri(flows, 2, z0, z1, y0, y1, x0, x1, wz, wy, wx))
+    z0, z1, vz, wz = _axis(flows.shape[0], z, cellpose_grid)
+    y0, y1, vy, wy = _axis(flows.shape[1], y, cellpose_grid)
+    x0, x1, vx, wx = _axis(flows.shape[2], x, cellpose_grid)
+    return (_tri(flows, 0, z0, z1, y0, y1, x0, x1, vz, wz, vy, wy, vx, wx),
+            _tri(flows, 1, z0, z1, y0, y1, x0, x1, vz, wz, vy, wy, vx, wx),
+            _tri(flows, 2, z0, z1, y0, y1, x0, x1, vz, wz, vy, wy, vx, wx))
 
 
 @numba.njit(cache=True, nogil=True)
-def _follow_chunk3(flows, pos, n_iter, traj, ch):
+def _follow_chunk3(flows, pos, n_iter, traj, ch, cellpose_grid):
     """Euler steps for chunk ``ch`` of ``pos`` (3, N), in place; ``traj`` kept when not empty.
 
     A point that comes back exactly to where it was two steps before is on a
@@ -90,7 +104,7 @@ def _follow_chunk3(flows, pos, n_iter, traj, ch):
                     y[j] = y1[j]
                     x[j] = x1[j]
                 continue
-            dz, dy, dx = _interp3(flows, z[j], y[j], x[j])
+            dz, dy, dx = _interp3(flows, z[j], y[j], x[j], cellpose_grid)
             z2[j] = z1[j]
             y2[j] = y1[j]
             x2[j] = x1[j]
@@ -115,18 +129,18 @@ def _follow_chunk3(flows, pos, n_iter, traj, ch):
 
 
 @numba.njit(cache=True, nogil=True)
-def _follow_serial3(flows, pos, n_iter, traj):
+def _follow_serial3(flows, pos, n_iter, traj, cellpose_grid):
     for ch in range((pos.shape[1] + _CHUNK - 1) // _CHUNK):
-        _follow_chunk3(flows, pos, n_iter, traj, ch)
+        _follow_chunk3(flows, pos, n_iter, traj, ch, cellpose_grid)
 
 
 @numba.njit(cache=True, parallel=True)
-def _follow_parallel3(flows, pos, n_iter, traj):
+def _follow_parallel3(flows, pos, n_iter, traj, cellpose_grid):
     for ch in numba.prange((pos.shape[1] + _CHUNK - 1) // _CHUNK):
-        _follow_chunk3(flows, pos, n_iter, traj, ch)
+        _follow_chunk3(flows, pos, n_iter, traj, ch, cellpose_grid)
 
 
-def _run3(flows, starts, n_iter, return_trajectories):
+def _run3(flows, starts, n_iter, return_trajectories, cellpose_grid=True):
     """Follow ``flows`` (3, Z, Y, X) float32 from ``starts`` (3, N): end points and trajectories or None."""
     if int(n_iter) != n_iter or n_iter < 0:
         raise ValueError(f"n_iter must be a non-negative integer; got {n_iter!r}")
@@ -135,7 +149,8 @@ def _run3(flows, starts, n_iter, return_trajectories):
     n_keep = int(n_iter) + 1 if return_trajectories else 1
     traj = np.zeros((n_keep, 3, pos.shape[1] if return_trajectories else 0), np.float32)
     big = pos.shape[1] * int(n_iter) >= PARALLEL_MIN_STEPS_3D
-    (_follow_parallel3 if big else _follow_serial3)(flows_last, pos, int(n_iter), traj)
+    (_follow_parallel3 if big else _follow_serial3)(flows_last, pos, int(n_iter), traj,
+                                                     bool(cellpose_grid))
     return pos, (traj if return_trajectories else None)
 
 

@@ -50,6 +50,23 @@ def euler_slow(flows, points, n_iter):
     return p
 
 
+def euler_grid_sample(flows, points, n_iter):
+    """Cellpose 3.1.1.2's 3D step (``dynamics.steps_interp``), written with torch here:
+    coordinates normalised by ``n - 1``, sampled with ``grid_sample(align_corners=False)``."""
+    import torch
+    import torch.nn.functional as F
+
+    n = np.array(flows.shape[1:], np.float32)[::-1] - 1  # x, y, z
+    im = torch.from_numpy(np.ascontiguousarray(flows[::-1], np.float32))[None]  # (dx, dy, dz)
+    im = im * torch.from_numpy(2 / n.copy())[None, :, None, None, None]
+    pt = torch.from_numpy(np.ascontiguousarray(np.asarray(points, np.float32)[:, ::-1] / n))
+    pt = (pt * 2 - 1)[None, None, None]  # (1, 1, 1, N, 3)
+    for _ in range(n_iter):
+        d = F.grid_sample(im, pt, align_corners=False)[0, :, 0, 0].T  # (N, 3)
+        pt = torch.clamp(pt + d[None, None, None], -1.0, 1.0)
+    return ((pt[0, 0, 0].numpy() + 1) / 2 * n)[:, ::-1].T
+
+
 def test_round_trip_recovers_the_labels(case):
     labels, flows = case
     out = compute_masks_3d(flows, cellprob_from(labels))
@@ -66,8 +83,18 @@ def test_follow_matches_slow_trilinear_euler():
     pts = rng.uniform(0, 5, (40, 3)) * [1, 1.6, 1.8]
     mask = np.zeros((6, 9, 10), bool)
     mask[tuple(np.round(pts).astype(int).T)] = True
-    res = follow_flows_3d(flows, mask, n_iter=15)
+    res = follow_flows_3d(flows, mask, n_iter=15, cellpose_grid=False)
     np.testing.assert_allclose(res.ends, euler_slow(flows, res.starts.T, 15), atol=1e-4)
+
+
+def test_follow_reads_the_flows_where_cellposes_grid_sample_does():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(1)
+    flows = gaussian_filter(rng.standard_normal((3, 6, 9, 10)), (0, 1, 1, 1)).astype(np.float32) * 3
+    mask = rng.random((6, 9, 10)) < 0.3  # faces included: there the field is read off the grid
+    res = follow_flows_3d(flows, mask, n_iter=15)
+    np.testing.assert_allclose(res.ends, euler_grid_sample(flows, res.starts.T, 15), atol=1e-3)
 
 
 def test_trajectories_end_at_the_ends(case):
