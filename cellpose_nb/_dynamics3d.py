@@ -140,12 +140,20 @@ def _follow_parallel3(flows, pos, n_iter, traj, cellpose_grid):
         _follow_chunk3(flows, pos, n_iter, traj, ch, cellpose_grid)
 
 
-def _run3(flows, starts, n_iter, return_trajectories, cellpose_grid=True):
-    """Follow ``flows`` (3, Z, Y, X) float32 from ``starts`` (3, N): end points and trajectories or None."""
+def _run3(flows, starts, n_iter, return_trajectories, cellpose_grid=True, mask=None):
+    """Follow ``flows`` (3, Z, Y, X) float32 from ``starts`` (3, N): end points and trajectories or None.
+
+    ``mask``: the flows are taken as zero outside it (without a copy of ``flows``).
+    """
     if int(n_iter) != n_iter or n_iter < 0:
         raise ValueError(f"n_iter must be a non-negative integer; got {n_iter!r}")
     pos = np.ascontiguousarray(starts, dtype=np.float32).copy()
-    flows_last = np.ascontiguousarray(np.moveaxis(flows, 0, -1))
+    flows_last = np.empty((*flows.shape[1:], 3), np.float32)  # the kernels' layout
+    for c in range(3):
+        if mask is None:
+            flows_last[..., c] = flows[c]
+        else:
+            np.multiply(flows[c], mask, out=flows_last[..., c])
     n_keep = int(n_iter) + 1 if return_trajectories else 1
     traj = np.zeros((n_keep, 3, pos.shape[1] if return_trajectories else 0), np.float32)
     big = pos.shape[1] * int(n_iter) >= PARALLEL_MIN_STEPS_3D

@@ -111,14 +111,13 @@ def renumber_3d(labels):
 
 # ----------------------------------------------------------------------------- dynamics
 def follow_flows_3d(flows, mask, *, n_iter=N_ITER_3D, return_trajectories=False,
-                    cellpose_grid=True):
+                    cellpose_grid=True, zero_outside=False):
     """Move every voxel of ``mask`` along 3D ``flows`` for ``n_iter`` Euler steps.
 
     Parameters
     ----------
     flows : ndarray (3, Z, Y, X) of float
-        Unit-scale flows (d_z, d_row, d_col); pass them multiplied by the
-        mask to reproduce Cellpose (:func:`compute_masks_3d` does).
+        Unit-scale flows (d_z, d_row, d_col).
     mask : ndarray (Z, Y, X) of bool
         Voxels to follow.
     n_iter : int
@@ -128,6 +127,9 @@ def follow_flows_3d(flows, mask, *, n_iter=N_ITER_3D, return_trajectories=False,
     cellpose_grid : bool
         Read the flows where Cellpose's 3D step reads them (see the module
         docstring); False: at the position itself, as in 2D.
+    zero_outside : bool
+        Take the flows as zero outside ``mask``, as Cellpose does
+        (:func:`compute_masks_3d` does), without a masked copy of them.
 
     Returns
     -------
@@ -147,7 +149,8 @@ def follow_flows_3d(flows, mask, *, n_iter=N_ITER_3D, return_trajectories=False,
     if m.shape != f.shape[1:]:
         raise ValueError(f"mask shape {m.shape} does not match flows shape {f.shape[1:]}")
     starts = np.stack(np.nonzero(m.astype(bool))).astype(np.int64)
-    ends, traj = _run3(f, starts, n_iter, return_trajectories, cellpose_grid)
+    ends, traj = _run3(f, starts, n_iter, return_trajectories, cellpose_grid,
+                       m.astype(bool) if zero_outside else None)
     return FollowResult3D(starts, ends, traj)
 
 
@@ -325,7 +328,7 @@ def compute_masks_3d(
     fg = prob > cellprob_threshold
     if not fg.any():
         return np.zeros(prob.shape, np.int32)
-    res = follow_flows_3d(f * fg, fg, n_iter=n_iter)
+    res = follow_flows_3d(f, fg, n_iter=n_iter, zero_outside=True)
     labels = cluster_endpoints_3d(res.ends, res.starts, prob.shape, max_size_fraction=max_size_fraction)
     if flow_threshold and labels.max() > 0:
         labels = remove_bad_flow_masks_3d(labels, f, threshold=flow_threshold)
