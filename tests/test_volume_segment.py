@@ -88,6 +88,13 @@ def test_masks_3d_follows_the_sum_of_the_estimates_and_restores_the_flows():
     np.testing.assert_array_equal(mean, before)
     np.testing.assert_array_equal(out, compute_masks_3d(2 * before, prob))
     assert out.max() == 2
+    # the flow check reads the mean (unit-scale) flows: true flows pass, reversed ones fail
+    kw = dict(cellprob_threshold=0.0, flow_threshold=0.4, n_iter=200, min_size=15)
+    np.testing.assert_array_equal(masks_3d(mean.copy(), prob, **kw), out)
+    flipped = mean.copy()
+    flipped[0, lab == 2] *= -1  # cell 2's z flows point away from its centre: it splits in two
+    assert masks_3d(flipped.copy(), prob, **{**kw, "flow_threshold": None}).max() == 3
+    assert masks_3d(flipped, prob, **kw).max() == 1  # both halves fail the check
 
 
 def test_whole_volume_normalisation_keeps_a_dim_slice_dim():

@@ -37,7 +37,11 @@ import torch.nn.functional as F
 
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.masks import compute_masks
-from cellpose_nb.masks3d import compute_masks_3d, fill_holes_and_remove_small_masks_3d
+from cellpose_nb.masks3d import (
+    compute_masks_3d,
+    fill_holes_and_remove_small_masks_3d,
+    remove_bad_flow_masks_3d,
+)
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict.diameter import _stored_size_model, check_diameter
 from cellpose_nb.predict.net import n_iter_for, run_net_stack
@@ -214,13 +218,18 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
 def masks_3d(flows, cellprob, *, cellprob_threshold, flow_threshold, n_iter, min_size):
     """:func:`~cellpose_nb.masks3d.compute_masks_3d` of mean 2.5D flows, followed at
     ``FLOW_GAIN_3D`` times the mean (Cellpose's sum); ``flows`` is scaled in place
-    and restored."""
+    and restored.  The optional flow-error check compares the mean flows (unit
+    scale, like 2D ones) with the masks' own."""
     flows *= FLOW_GAIN_3D
     try:
-        return compute_masks_3d(flows, cellprob, cellprob_threshold=cellprob_threshold,
-                                flow_threshold=flow_threshold, n_iter=n_iter, min_size=min_size)
+        labels = compute_masks_3d(flows, cellprob, cellprob_threshold=cellprob_threshold,
+                                  flow_threshold=None, n_iter=n_iter, min_size=min_size)
     finally:
         flows /= FLOW_GAIN_3D
+    if flow_threshold and labels.max() > 0:
+        labels = remove_bad_flow_masks_3d(labels, flows, threshold=flow_threshold)
+        labels = fill_holes_and_remove_small_masks_3d(labels, min_size=min_size)  # renumbered
+    return labels
 
 
 def segment_slices(x, model, *, scale, stitch_threshold, cellprob_threshold, flow_threshold,
