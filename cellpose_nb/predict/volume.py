@@ -34,6 +34,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.masks import compute_masks
@@ -195,6 +196,8 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
     x = _resize_3d(np.asarray(x, np.float32), small)
     acc = np.zeros((4, *small), np.float32)  # d_z, d_row, d_col, cellprob: sums
     style = None
+    # progress on a terminal or in a notebook (tqdm's own rule), slices of all orientations
+    bar = tqdm(total=sum(small), desc="2.5D slices", unit="slice", disable=None, leave=False)
     for name, axis, (row_ax, col_ax) in _ORIENTATIONS:
         xs = np.moveaxis(x, axis + 1, 0)  # (n_slices, C, rows, cols), a view
 
@@ -205,9 +208,11 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
             acc[row_ax][index] += y[0]
             acc[col_ax][index] += y[1]
             acc[3][index] += y[2]
+            bar.update()
 
         s = run_net_stack(xs, model, add, **run_kw)
         style = s if name == "YX" else style
+    bar.close()
     del x
     acc[:3] /= 2 * FLOW_SCALE  # two estimates per component, network scale -> unit
     acc[3] /= 3
@@ -247,7 +252,10 @@ def segment_slices(x, model, *, scale, stitch_threshold, cellprob_threshold, flo
     cellprob = np.empty((z, h, w), np.float32)
     masks = np.zeros((z, h, w), np.int32)
 
+    bar = tqdm(total=z, desc="slices", unit="slice", disable=None, leave=False)
+
     def add(k, y):
+        bar.update()
         if small != (h, w):
             y = _resize_3d(y[:, None], (1, h, w))[:, 0]
         flows[:, k] = y[:2] / FLOW_SCALE
@@ -256,6 +264,7 @@ def segment_slices(x, model, *, scale, stitch_threshold, cellprob_threshold, flo
                                  flow_threshold=flow_threshold, n_iter=n_iter, min_size=-1)
 
     style = run_net_stack(np.moveaxis(xs, 1, 0), model, add, **run_kw)
+    bar.close()
     labels = stitch_slices(masks, stitch_threshold)
     return fill_holes_and_remove_small_masks_3d(labels, min_size=min_size), flows, cellprob, style
 
