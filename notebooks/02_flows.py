@@ -194,10 +194,22 @@ print(f"cell {cell_id}: {inside.sum()} pixels, bounding box {r1 - r0} x {c1 - c0
 #
 # Cellpose runs `n_iter = 2 * (rows + cols)` of the padded box, enough for heat
 # to reach every corner of a compact cell.
+#
+# > **Write it yourself ★: `diffuse`.** In the exercise version of this
+# > notebook (`make exercises`) the body of `diffuse` is a TODO: its signature,
+# > docstring and hint are given, and the cell after it checks your function
+# > against the package's `heat_map`. Difficulty: ★ a few lines straight from
+# > the formula, ★★ some care with indices, ★★★ an algorithm to design.
 
-# %%
+# %% tags=["skeleton"]
 def diffuse(inside, centre, n_iter, snapshots=()):
-    """Heat diffused from `centre` inside the boolean `inside` (padded crop). Loops are fine."""
+    """Heat diffused from `centre` inside the boolean `inside` (padded crop). Loops are fine.
+
+    Returns the heat after `n_iter` steps and a dict {step: copy of the heat after that step} for
+    the steps listed in `snapshots`.
+    """
+    # Hint: start from np.zeros(inside.shape). Each step: heat[centre] += 1; the 3x3 box sum is
+    #   the sum of the nine shifted windows of np.pad(heat, 1); then np.where(inside, box / 9, 0).
     heat = np.zeros(inside.shape)
     kept = {}
     for it in range(1, n_iter + 1):
@@ -211,6 +223,7 @@ def diffuse(inside, centre, n_iter, snapshots=()):
     return heat, kept
 
 
+# %%
 n_iter = 2 * (inside.shape[0] + inside.shape[1])
 heat, snaps = diffuse(inside, centre, n_iter, snapshots=SNAPSHOTS)
 print("n_iter =", n_iter)
@@ -255,10 +268,16 @@ show(fig)
 #
 # and 0 outside the cell. (The geodesic version of section 4 uses
 # $-\nabla D / \lVert \nabla D \rVert$ with $D$ the distance to the centre.)
+#
+# > **Write it yourself ★★: `heat_flows`**, checked against `masks_to_flows`
+# > in the next cell.
 
-# %%
+# %% tags=["skeleton"]
 def heat_flows(heat, inside):
     """Unit flows (2, H, W) of a padded heat crop; zero outside `inside` and on the padding."""
+    # Hint: loop over the pixels (r, c) inside the cell, away from the padding (1 .. H - 2,
+    #   1 .. W - 2); d_row = heat[r + 1, c] - heat[r - 1, c], d_col likewise along the row; divide
+    #   both by 1e-60 + np.hypot(d_row, d_col).
     flows = np.zeros((2,) + heat.shape)
     for r in range(1, heat.shape[0] - 1):
         for c in range(1, heat.shape[1] - 1):
@@ -270,6 +289,7 @@ def heat_flows(heat, inside):
     return flows
 
 
+# %%
 flows_hand = heat_flows(heat, inside)
 flows_pkg = masks_to_flows(labels)  # all cells, (2, H, W) float32
 crop = padded_crop(flows_pkg) * inside  # this cell only, same padded crop
@@ -286,6 +306,11 @@ draw_flows(axes[1], flows_hand, step=2, title="flows: colour = direction, arrows
 show(fig)
 
 # %% [markdown]
+# > **Checkpoint (discuss in pairs):** why does the gradient of the heat point
+# > toward the centre pixel, and why must the cell's border absorb heat (set
+# > it to 0) for that to hold everywhere? What would the flows of a cell look
+# > like if the heat were never reset outside it?
+#
 # Whole image: every cell gets its own field; where two cells touch, the
 # arrows on either side of the shared border point away from each other, each
 # toward its own centre. The flows are unit vectors inside the cells and 0 on
@@ -322,10 +347,17 @@ show(fig)
 # eikonal equation: it is Dijkstra on the 8-connected pixel graph, whose
 # distances are path lengths made of side and diagonal steps (section 5 shows
 # what that does to the field). The name follows the slides.
+#
+# > **Write it yourself ★★★: `dijkstra`**, checked against `geodesic_distance`
+# > in the next cell.
 
-# %%
+# %% tags=["skeleton"]
 def dijkstra(inside, start):
     """8-connected geodesic distance from `start`, through `inside` only (inf elsewhere)."""
+    # Hint: a priority queue (heapq) of (distance, (r, c)) entries, starting with (0.0, start).
+    #   Pop the nearest; skip it if a shorter distance is known already; otherwise try its eight
+    #   neighbours inside the cell, at 1 (side) or np.sqrt(2.0) (diagonal) further, and push
+    #   every neighbour whose distance that shortens.
     dist = np.full(inside.shape, np.inf)
     dist[start] = 0.0
     queue = [(0.0, start)]
@@ -344,6 +376,7 @@ def dijkstra(inside, start):
     return dist
 
 
+# %%
 dist = dijkstra(inside, centre)
 assert np.allclose(dist[inside], geodesic_distance(inside, centre)[inside])
 print(f"farthest pixel: {dist[inside].max():.1f} px from the centre, along the cell")
@@ -483,6 +516,11 @@ assert results["elongated"]["mean_cos"] < results["touching"]["mean_cos"]
 #   geodesic flows a handful of directions, in wedges (look at the discs);
 #   heat flows turn smoothly.
 #
+# > **Checkpoint (discuss in pairs):** before running the next cell, predict
+# > for each of the three shapes whether following the heat flows and the
+# > geodesic flows gives back one mask per cell. Which shape worries you, and
+# > why?
+#
 # Does it matter? Follow both fields from every pixel for 200 steps (the
 # dynamics of notebook 03) and group the end points into masks.
 
@@ -532,6 +570,10 @@ show(fig)
 # simply `labels > 0`. The scale makes the flow part of the loss (a mean squared
 # error) large enough next to the binary cross-entropy of the cell probability.
 # Before following predicted flows, divide by `FLOW_SCALE` again.
+#
+# > **Checkpoint (discuss in pairs):** the network is trained to predict
+# > these three maps. Which of them could it get roughly right without ever
+# > looking beyond a few pixels, and which needs it to "see" a whole cell?
 
 # %%
 target = np.concatenate([FLOW_SCALE * flows_pkg, (labels > 0)[None].astype(np.float32)])

@@ -172,10 +172,23 @@ show(fig)
 # Cellpose takes 200 of them. Flows have length 1, so a particle moves at
 # most one pixel per step: 200 steps cross any cell. Written in float32, in the
 # same order of operations as the package, so that the two agree to the last bit.
+#
+# > **Write it yourself ★★: `bilinear`, then ★: `follow_by_hand`.** In the
+# > exercise version of this notebook (`make exercises`) their bodies are
+# > TODOs: signature, docstring and hint are given, and the cell after them
+# > checks your particles against the package's `trace_points` and
+# > `follow_flows`. Difficulty: ★ a few lines straight from the formula, ★★
+# > some care with indices, ★★★ an algorithm to design.
 
-# %%
+# %% tags=["skeleton"]
 def bilinear(flows, y, x):
-    """The two flow components at real position (y, x): weights of the 4 corner pixels."""
+    """The two flow components at real position (y, x): weights of the 4 corner pixels.
+
+    `flows` is (2, H, W); returns [d_row, d_col], in float32 when `y`, `x` are np.float32.
+    """
+    # Hint: corner (y0, x0) is (int(y), int(x)) clipped to the image, (y1, x1) one pixel further,
+    #   clipped too; with the fractional parts wy = y - int(y) and wx = x - int(x), the four weights
+    #   are (1 - wy)(1 - wx), (1 - wy) wx, wy (1 - wx) and wy wx. Use np.float32(1), not 1.0.
     H, W = flows.shape[1:]
     y0, x0 = min(H - 1, max(0, int(y))), min(W - 1, max(0, int(x)))
     y1, x1 = min(H - 1, y0 + 1), min(W - 1, x0 + 1)
@@ -187,6 +200,9 @@ def bilinear(flows, y, x):
 
 def follow_by_hand(flows, start, n_iter):
     """Trajectory (n_iter + 1, 2) of one particle: Euler steps, clipped to the image."""
+    # Hint: start at (np.float32(start[0]), np.float32(start[1])); n_iter times add
+    #   bilinear(flows, y, x) and clip y to [0, H - 1] and x to [0, W - 1] (as np.float32);
+    #   keep every position, the start included, in a float32 array.
     H, W = flows.shape[1:]
     y, x = np.float32(start[0]), np.float32(start[1])
     path = [(y, x)]
@@ -198,6 +214,7 @@ def follow_by_hand(flows, start, n_iter):
     return np.array(path, np.float32)
 
 
+# %%
 rng = np.random.default_rng(SEED)
 fg_pixels = np.argwhere(foreground)
 chosen = fg_pixels[rng.choice(len(fg_pixels), N_BY_HAND, replace=False)]
@@ -220,6 +237,11 @@ for p, e in zip(chosen, by_hand[-1].T):
 # Trajectories of a sample of pixels over the image, and where *all*
 # foreground pixels end after 200 steps (red): each cell's particles pile up
 # at one point, its centre pixel (`object_centers`, the white crosses).
+#
+# > **Checkpoint (discuss in pairs):** why do all the particles of one cell
+# > end at the same pixel, even those that start right next to a touching
+# > cell? What would happen to a particle dropped on the background, if we
+# > let it move?
 
 # %%
 grid = fg_pixels[(fg_pixels[:, 0] % TRACE_STEP == 0) & (fg_pixels[:, 1] % TRACE_STEP == 0)]
@@ -255,12 +277,23 @@ show(fig)
 #    count to the largest, and a later one overwrites an earlier one;
 # 4. every pixel takes the label of the bin where it ended; masks larger than
 #    40 % of the image are dropped, and labels are renumbered 1..N.
+#
+# > **Write it yourself ★★★: `cluster_by_hand`**, checked against
+# > `cluster_endpoints` in the next cell, on exact and on noisy flows.
 
-# %%
+# %% tags=["skeleton"]
 PAD, SEED_MIN, GROW_MIN, GROW_STEPS, GROW_BOX = 20, 10, 2, 5, 5
 
 
 def cluster_by_hand(ends, starts, shape):
+    """(masks, hist, seeds): the masks (`shape`, labels 1..N) of the pixels `starts` (2, N, ints)
+    whose particles ended at `ends` (2, N), by steps 1-4 above; the end-point histogram (padded by
+    PAD) and the seeds (n, 2), in the order they were grown."""
+    # Hint: np.add.at(hist, (rows, cols), 1) counts end points per bin (truncate, add PAD, clip).
+    #   Seeds: bins equal to ndimage.maximum_filter(hist, size=5, mode="constant") holding more
+    #   than SEED_MIN, sorted by count with np.argsort(..., kind="stable"). Grow each from its
+    #   centre with ndimage.binary_dilation inside its 11x11 box, GROW_STEPS times, over bins
+    #   holding more than GROW_MIN. Finish with masks.renumber.
     padded_shape = (shape[0] + 2 * PAD, shape[1] + 2 * PAD)
     pts = ends.astype(np.int64) + PAD
     for ax in range(2):
@@ -289,6 +322,7 @@ def cluster_by_hand(ends, starts, shape):
     return masks.renumber(out), hist, seeds
 
 
+# %%
 found_hand, hist, seeds = cluster_by_hand(result.ends, result.starts, labels.shape)
 found = masks.cluster_endpoints(result.ends, result.starts, labels.shape)
 assert np.array_equal(found, found_hand)
@@ -328,6 +362,10 @@ show(fig)
 # seed): nothing to grow. With predicted, imperfect flows the end points
 # spread over a few neighbouring bins, and the growth step gathers them back
 # into one mask.
+#
+# > **Checkpoint (discuss in pairs):** what would go wrong if seeds needed
+# > only 1 end point instead of more than 10, or if the growth were not
+# > limited to an 11x11 box around each seed?
 
 # %% [markdown]
 # ## 4. The flow-error check
@@ -391,6 +429,11 @@ show(fig)
 # the shared border: a large error. Half a cell has its own centre a few pixels
 # away from the true one: its error is smaller and may or may not pass the
 # threshold, depending on how much of the cell is missing.
+#
+# > **Checkpoint (discuss in pairs):** the check compares the given flows
+# > with the flows of the mask itself. Which errors of a segmentation can it
+# > catch, and which can it never see (think of a mask that misses a whole
+# > cell, or one that is one pixel too small all round)?
 #
 # ## 5. The round trip: labels -> flows -> labels
 #

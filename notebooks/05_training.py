@@ -213,15 +213,28 @@ show(fig)
 # the cross-entropy written in the numerically safe form
 # $\max(z, 0) - z\,t + \log(1 + e^{-|z|})$. Why scale the flows by
 # `FLOW_SCALE = 5` at all? Exercise 1 asks.
+#
+# > **Write it yourself ★: `loss_by_hand`.** In the exercise version of this
+# > notebook (`make exercises`) its body is a TODO: signature, docstring and
+# > hint are given, and the cell after it checks your loss against the
+# > package's `segmentation_loss` and torch's
+# > `binary_cross_entropy_with_logits`. Difficulty: ★ a few lines straight
+# > from the formula, ★★ some care with indices, ★★★ an algorithm to design.
 
-# %%
+# %% tags=["skeleton"]
 def loss_by_hand(y, flows, mask):
+    """(flow term, cross-entropy) of the network output `y` (B, 3, H, W) against the unit
+    `flows` (B, 2, H, W) and the boolean cell `mask` (B, H, W): two torch scalars."""
+    # Hint: the flow term is 0.5 times the mean of (y[:, :2] - FLOW_SCALE * flows) ** 2; the
+    #   cross-entropy is the mean of the safe form above, with z = y[:, 2], t = mask.float(),
+    #   z.clamp(min=0) and torch.log1p(torch.exp(-z.abs())).
     flow_term = 0.5 * ((y[:, :2] - FLOW_SCALE * flows) ** 2).mean()
     z, t = y[:, 2], mask.float()
     bce = (z.clamp(min=0) - z * t + torch.log1p(torch.exp(-z.abs()))).mean()
     return flow_term, bce
 
 
+# %%
 g = torch.Generator().manual_seed(SEED)
 crops = [random_transform(train_inputs[k], train_labels[k], flows=train_flows[k], rng=np.random.default_rng(k),
                           out_size=(CROP, CROP)) for k in range(2)]
@@ -244,6 +257,10 @@ print(f"all-zero output: {zero:.4f} (expected 0.5 * 25 * {fg:.3f} / 2 + ln 2 = {
 assert abs(zero.item() - expected) < 1e-3 and segmentation_loss(perfect, f_batch, m_batch) < 1e-6
 
 # %% [markdown]
+# > **Checkpoint (discuss in pairs):** the all-zero output costs exactly
+# > ln 2 in cross-entropy, whatever the image. Why? And why does its flow term
+# > depend on the fraction of cell pixels, but not on where the cells are?
+#
 # ## 3. The learning-rate schedule
 #
 # Cellpose's `train_seg` changes the learning rate once per epoch: a linear
@@ -254,9 +271,16 @@ assert abs(zero.item() - expected) < 1e-3 and segmentation_loss(perfect, f_batch
 # keeps the first steps from random weights small, while AdamW's running
 # estimates of the gradient scale are still poor; the halvings at the end let
 # the weights settle. By hand:
+#
+# > **Write it yourself ★★: `schedule_by_hand`**, checked against
+# > `learning_rate_schedule` in the next cell.
 
-# %%
+# %% tags=["skeleton"]
 def schedule_by_hand(n_epochs, lr, warmup=10, n_halvings=10):
+    """The learning rate of every epoch (an array of `n_epochs`): warm-up, plateau, halvings."""
+    # Hint: the rate is lr, except in the first `warmup` epochs, lr * epoch / (warmup - 1) (as
+    #   np.linspace(0, lr, warmup)), and in the last `decay` epochs (100 if n_epochs > 300, 50 if
+    #   n_epochs > 100, else 0), lr / 2**k, where k goes from 1 to n_halvings in equal stretches.
     decay = 100 if n_epochs > 300 else 50 if n_epochs > 100 else 0
     rates = []
     for epoch in range(n_epochs):
@@ -270,6 +294,7 @@ def schedule_by_hand(n_epochs, lr, warmup=10, n_halvings=10):
     return np.array(rates)
 
 
+# %%
 fig, ax = plt.subplots(figsize=(9, 3.5))
 for n in (500, 200, 100):
     rates = learning_rate_schedule(TrainConfig(n_epochs=n, learning_rate=LEARNING_RATE))
@@ -364,6 +389,10 @@ show(fig)
 # Turning the cached flows costs one 2x2 matrix-vector product per pixel;
 # recomputing them would cost a heat diffusion (notebook 02) for every crop of
 # every epoch. That is why training computes the flows once per image.
+#
+# > **Checkpoint (discuss in pairs):** which of the random transforms (flip,
+# > rotation, zoom, crop) change the *direction* of the flows, and which only
+# > move them? Which one changes their length before the renormalisation?
 #
 # ## 5. The training loop, by hand, with a live loss plot
 #
@@ -557,6 +586,10 @@ for (name, w1), w2 in zip(straight.model.state_dict().items(), resumed.model.sta
 # Interrupted and resumed, the run is the same run: same losses, same final
 # weights. (One exception: after Ctrl-C in the *middle* of an epoch, that
 # epoch restarts from partly updated weights.)
+#
+# > **Checkpoint (discuss in pairs):** list what a checkpoint must hold for a
+# > resumed run to be *the same* run. Which of these would you forget first,
+# > and how would you notice?
 #
 # ## 8. What a run leaves behind
 #

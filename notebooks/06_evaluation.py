@@ -183,10 +183,21 @@ for name, lab in (("true", true), ("pred", pred)):
 # $$
 #
 # 1 for a perfect copy, 0 without overlap. Every pair, by two loops:
+#
+# > **Write it yourself ★: `iou_by_hand`.** In the exercise version of this
+# > notebook (`make exercises`) its body is a TODO: signature, docstring and
+# > hint are given, and the cell after it checks your matrix against the
+# > package's `metrics.iou_matrix`. Difficulty: ★ a few lines straight from
+# > the formula, ★★ some care with indices, ★★★ an algorithm to design.
 
-# %%
+# %% tags=["skeleton"]
 def iou_by_hand(true, pred):
-    """IoU of every (true, predicted) pair: rows follow the true ids, columns the predicted ids."""
+    """IoU of every (true, predicted) pair: rows follow the true ids, columns the predicted ids.
+
+    Returns (iou, true ids, predicted ids), the ids as `object_ids` lists them.
+    """
+    # Hint: two loops over object_ids(true) and object_ids(pred); with the boolean masks
+    #   a = true == i and b = pred == j, the IoU is (a & b).sum() / (a | b).sum().
     t_ids, p_ids = object_ids(true), object_ids(pred)
     iou = np.zeros((len(t_ids), len(p_ids)))
     for r, i in enumerate(t_ids):
@@ -196,6 +207,7 @@ def iou_by_hand(true, pred):
     return iou, t_ids, p_ids
 
 
+# %%
 iou, t_ids, p_ids = iou_by_hand(true, pred)
 print("      pred " + " ".join(f"{j:6d}" for j in p_ids))
 for i, row in zip(t_ids, iou):
@@ -236,10 +248,17 @@ assert np.isclose(iou[0, list(p_ids).index(7)], 16 / 20)  # 16 shared pixels, 20
 # Hungarian algorithm (`scipy.optimize.linear_sum_assignment`) on the cost
 # `-(iou >= t) - iou / (2 n_min)`: as many pairs as possible first, then the
 # largest IoUs.
+#
+# > **Write it yourself ★★: `match_by_hand`**, checked against
+# > `metrics.matching` at six thresholds in the next cell.
 
-# %%
+# %% tags=["skeleton"]
 def match_by_hand(iou, t):
     """(TP, FP, FN, AP) of the one-to-one matching at IoU threshold t."""
+    # Hint: for t > 0.5, TP is the number of entries of `iou` at least t. Otherwise solve the
+    #   assignment with linear_sum_assignment on the cost -(iou >= t) - iou / (2 n_min), with
+    #   n_min = min(n_true, n_pred), and count the assigned pairs whose IoU is at least t.
+    #   FP = n_pred - TP, FN = n_true - TP.
     n_true, n_pred = iou.shape
     if t > 0.5:
         tp = int((iou >= t).sum())  # each object has at most one partner above 0.5
@@ -251,6 +270,7 @@ def match_by_hand(iou, t):
     return tp, fp, fn, tp / (tp + fp + fn)
 
 
+# %%
 print(" IoU t    TP  FP  FN     AP   precision  recall")
 for t in (0.3, 0.4, 0.5, 0.6, 0.75, 0.9):
     tp, fp, fn, ap = match_by_hand(iou, t)
@@ -269,6 +289,10 @@ show(fig)
 # split half 3 and the merger 9 are false positives, objects 3 and 4 false
 # negatives. At 0.3 the merger pairs with one of the two objects it covers.
 # A split or a merger costs two or three errors, a missed object one.
+#
+# > **Checkpoint (discuss in pairs):** a model that splits one nucleus in two
+# > and a model that misses it entirely: which scores the higher AP at 0.5,
+# > and which error would you rather have in your own experiment?
 #
 # ## 2. A fair evaluation set
 #
@@ -489,6 +513,10 @@ assert all(0 <= r0 and 0 <= c0 and r0 + s <= e["truth"].shape[0] and c0 + s <= e
            for e, r0, c0, s, _ in crops)
 
 # %% [markdown]
+# > **Checkpoint (discuss in pairs):** which kind of error dominates the
+# > gallery: missed nuclei, bad outlines or false alarms? For each kind, would
+# > you rather change a threshold, retrain, or look again at the annotation?
+#
 # ## 5. Tuning the thresholds
 #
 # `cellprob_threshold` and `flow_threshold` (notebook 03) have defaults
