@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 # CPU torch first, so that nothing pulls a multi-GB CUDA build
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test env env-dev notebooks exercises bench clean
+.PHONY: demo test env env-dev notebooks exercises bench book book-publish set-repo clean
 
 demo: $(VENV)/.stamp-core
 	$(BIN)/cellpose-nb demo --out out/demo --overwrite
@@ -27,7 +27,7 @@ $(VENV)/.stamp-core: pyproject.toml
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-core
-	$(PIP) install --quiet -e ".[dev,reference,bioimageio,distributed]"
+	$(PIP) install --quiet -e ".[dev,reference,bioimageio,distributed,book]"
 	$(BIN)/python tools/setup_browser.py
 	touch $@
 
@@ -39,8 +39,25 @@ notebooks: $(VENV)/.stamp-dev
 exercises: $(VENV)/.stamp-dev
 	$(BIN)/python tools/make_exercises.py --out exercises --overwrite
 
+# point every notebook's REPO_URL and Colab badge, the docs, ... at the published repository
+# (one place: [tool.cellpose_nb] repository in pyproject.toml): make set-repo REPO=owner/name
+set-repo:
+	@test -n "$(REPO)" || { echo "usage: make set-repo REPO=owner/name"; exit 2; }
+	$(MAKE) --no-print-directory $(VENV)/.stamp-dev
+	$(BIN)/python tools/set_repository.py "$(REPO)"
+
 bench: $(VENV)/.stamp-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
+# the course website in book/_build/html (docs/book.md): notebooks run in QUICK mode,
+# `make book FULL=1` in full mode; the book extra is installed when missing
+book: $(VENV)/.stamp-core
+	$(BIN)/python -c "import jupyter_book, nbclient, ipykernel, ghp_import" 2>/dev/null || $(PIP) install --quiet -e ".[book]"
+	$(BIN)/python tools/build_book.py $(if $(filter 1,$(FULL)),--full)
+
+# publish book/_build/html to the gh-pages branch of the `origin` remote (GitHub Pages)
+book-publish: book
+	$(BIN)/ghp-import --no-jekyll --push --force --message "course website" book/_build/html
+
 clean:
-	rm -rf $(VENV) out exercises .pytest_cache
+	rm -rf $(VENV) out exercises .pytest_cache book/_build
