@@ -54,8 +54,9 @@ def test_2_5d_resamples_z_by_the_anisotropy_and_returns_the_original_shape():
     ramp = (0.3 * z).astype(np.float32)
     flows, _, _ = P.predict_flows_3d(np.stack([ramp, 0 * ramp]), GradientNet(), anisotropy=2.0)
     assert flows.shape == (3, 10, 40, 40)
-    # Z stretched 2x: the network sees a slope of 0.15 per resampled slice
-    np.testing.assert_allclose(flows[0][3:-3, 3:-3, 3:-3], 0.15 / FLOW_SCALE, atol=1e-3)
+    # Z stretched 2x: the network sees a slope of 0.15 per resampled slice, and a step of
+    # 0.15 resampled slices is 0.075 of the volume's own slices
+    np.testing.assert_allclose(flows[0][3:-3, 3:-3, 3:-3], 0.075 / FLOW_SCALE, atol=1e-3)
     assert resampled_shape((10, 40, 40), 1.0, 2.0) == (20, 40, 40)
 
 

@@ -18,6 +18,12 @@ over all slices, so that a dim slice stays dim.  Memory: the network input
 (2 float32 channels) and one (4, Z, Y, X) float32 sum of the outputs, at the
 resampled size; no orientation's outputs are stored whole.
 
+The Z flow is predicted in resampled slices and is divided by the anisotropy
+when it is resized back, so that a step is measured in the volume's own
+slices.  Cellpose 3.1.1.2 does not divide it: with an anisotropy of 3 its
+particles overshoot by 3x along Z and cells lose voxels (notebook 09 measures
+it); at anisotropy 1 the two are the same.
+
 Cellpose *adds* the two estimates of each flow component and the three cell
 probabilities (it does not average them).  Here ``Segmentation.flows`` and
 ``cellprob`` are the means, so that they read as 2D ones; the flows are
@@ -172,7 +178,8 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
     Returns
     -------
     flows : ndarray (3, Z, Y, X) of float32
-        (d_z, d_row, d_col) at unit scale, each the mean of its two slice estimates.
+        (d_z, d_row, d_col) at unit scale, each the mean of its two slice estimates;
+        d_z divided by ``anisotropy`` (a step in the volume's own slices).
     cellprob : ndarray (Z, Y, X) of float32
         The mean of the three slice orientations' logits.
     style : ndarray (n_style,)
@@ -216,6 +223,9 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
     del x
     acc[:3] /= 2 * FLOW_SCALE  # two estimates per component, network scale -> unit
     acc[3] /= 3
+    # d_z was a step in resampled slices: in the volume's own slices it is anisotropy times
+    # shorter (Y and X keep their network length; n_iter makes up for the scale, as in 2D)
+    acc[0] /= anisotropy
     acc = _resize_3d(acc, shape)
     return acc[:3], acc[3], style
 
