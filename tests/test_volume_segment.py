@@ -172,7 +172,8 @@ def test_cli_stitches_a_stack_and_refuses_bad_volume_options(tmp_path, capsys):
     for extra, phrase in [(["--anisotropy", "2"], "are for volumes"),
                           (["--3d", "--stitch-threshold", "0.2"], "not both"),
                           (["--3d", "--formats", "outlines"], "not written for volumes"),
-                          (["--3d", "--voxel-size", "0", "1", "1"], "three positive numbers")]:
+                          (["--3d", "--voxel-size", "0", "1", "1"], "three positive numbers"),
+                          (["--3d", "--anisotropy", "-2"], "--anisotropy must be a finite positive number")]:
         assert main(["segment", str(path), "--out", str(tmp_path / "o2"), *extra]) == 2
         err = capsys.readouterr().err
         assert phrase in err and "Traceback" not in err

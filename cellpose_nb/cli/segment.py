@@ -123,7 +123,11 @@ def volume_options(args):
         if not all(v > 0 and math.isfinite(v) for v in args.voxel_size):
             raise ValueError(f"--voxel-size must be three positive numbers (dz dy dx, um); "
                              f"got {dz:g} {dy:g} {dx:g}")
-        anisotropy = dz / dy if anisotropy is None else anisotropy
+        if anisotropy is None and args.do_3d:  # stitching does not resample Z
+            anisotropy = dz / dy
+    if anisotropy is not None and not (math.isfinite(anisotropy) and anisotropy > 0):
+        raise ValueError(f"--anisotropy must be a finite positive number (the Z step over the "
+                         f"XY pixel size); got {anisotropy:g}")
     return {"do_3d": args.do_3d, "stitch_threshold": args.stitch_threshold,
             "z_axis": args.z_axis, "anisotropy": anisotropy}
 
