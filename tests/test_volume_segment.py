@@ -66,7 +66,10 @@ def test_segment_do_3d_and_stitch_return_volumes():
     res = P.segment(vol.image, net, diameter=DIAM, do_3d=True, channels=(0, 1), channel_axis=-1)
     assert res.labels.shape == (12, 40, 44) and res.labels.dtype == np.int32
     assert res.flows.shape == (3, 12, 40, 44) and res.cellprob.shape == (12, 40, 44)
+    assert res.notes == ()  # both channels given
     cyto = vol.image[..., 0]
+    one = P.segment(cyto, net, diameter=DIAM, do_3d=True, channels=(0, 1))
+    assert "the volume has one channel" in one.notes[0]  # the nuclear channel is zeros
     res = P.segment(cyto, net, diameter=DIAM, stitch_threshold=0.25)
     assert res.labels.shape == (12, 40, 44) and res.flows.shape == (2, 12, 40, 44)
     # z_axis: the same volume with Z last gives the same result
