@@ -271,11 +271,17 @@ def run_net_stack(xs, model, on_output, *, tile_size=TILE_SIZE, tile_overlap=TIL
 
 
 def _resize(a, shape):
-    """Bilinear resize of a (C, H, W) float32 array, channel by channel (as cv2 INTER_LINEAR)."""
+    """Bilinear resize of a (C, H, W) float32 array, channel by channel (as cv2 INTER_LINEAR),
+    or trilinear of a (C, Z, Y, X) one (Cellpose's YX then Z bilinear passes); ``a`` itself
+    when it has that shape already."""
+    shape = tuple(shape)
+    if tuple(a.shape[1:]) == shape:
+        return a
+    mode = {2: "bilinear", 3: "trilinear"}[len(shape)]
     out = np.empty((a.shape[0], *shape), np.float32)
     for c in range(a.shape[0]):
         src = torch.from_numpy(np.ascontiguousarray(a[c], np.float32))[None, None]
-        out[c] = F.interpolate(src, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        out[c] = F.interpolate(src, size=shape, mode=mode, align_corners=False)[0, 0].numpy()
     return out
 
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cellpose_nb.flows import FLOW_SCALE
@@ -51,7 +49,7 @@ from cellpose_nb.masks3d import (
 )
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict.diameter import _stored_size_model, check_diameter
-from cellpose_nb.predict.net import n_iter_for, run_net_stack
+from cellpose_nb.predict.net import _resize, n_iter_for, run_net_stack
 from cellpose_nb.predict.passes import (
     Segmentation,
     _estimate_and_run,
@@ -160,18 +158,6 @@ def resampled_shape(shape, scale, anisotropy):
     return (max(1, int(z * anisotropy * scale)), max(1, int(y * scale)), max(1, int(x * scale)))
 
 
-def _resize_3d(a, shape):
-    """Trilinear resize of a (C, Z, Y, X) float32 array (Cellpose's YX then Z bilinear passes)."""
-    if tuple(a.shape[1:]) == tuple(shape):
-        return a
-    out = np.empty((a.shape[0], *shape), np.float32)
-    for c in range(a.shape[0]):
-        src = torch.from_numpy(np.ascontiguousarray(a[c], np.float32))[None, None]
-        out[c] = F.interpolate(src, size=tuple(shape), mode="trilinear",
-                               align_corners=False)[0, 0].numpy()
-    return out
-
-
 def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
     """The 2.5D network outputs of a (2, Z, Y, X) input: mean flows and cell probability.
 
@@ -187,6 +173,7 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
 
     Examples
     --------
+    >>> import torch
     >>> from cellpose_nb.model import CellposeUNet, ModelConfig
     >>> _ = torch.manual_seed(0)
     >>> net = CellposeUNet(ModelConfig(features=(8, 16))).eval()
@@ -200,7 +187,7 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
         raise ValueError(f"the volume of shape {tuple(shape)} becomes {small} at the model's "
                          f"scale ({scale:.3g}) and anisotropy ({anisotropy:g}); every axis must "
                          f"be at least {MIN_SIDE_3D} voxels for the network's slices")
-    x = _resize_3d(np.asarray(x, np.float32), small)
+    x = _resize(np.asarray(x, np.float32), small)
     acc = np.zeros((4, *small), np.float32)  # d_z, d_row, d_col, cellprob: sums
     style = None
     # progress on a terminal or in a notebook (tqdm's own rule), slices of all orientations
@@ -226,7 +213,7 @@ def predict_flows_3d(x, model, *, scale=1.0, anisotropy=ANISOTROPY, **run_kw):
     # d_z was a step in resampled slices: in the volume's own slices it is anisotropy times
     # shorter (Y and X keep their network length; n_iter makes up for the scale, as in 2D)
     acc[0] /= anisotropy
-    acc = _resize_3d(acc, shape)
+    acc = _resize(acc, shape)
     return acc[:3], acc[3], style
 
 
@@ -257,7 +244,7 @@ def segment_slices(x, model, *, scale, stitch_threshold, cellprob_threshold, flo
     """
     z, h, w = x.shape[1:]
     small = (max(1, int(h * scale)), max(1, int(w * scale)))
-    xs = x if small == (h, w) else _resize_3d(x, (z, *small))
+    xs = _resize(x, (z, *small))
     flows = np.empty((2, z, h, w), np.float32)
     cellprob = np.empty((z, h, w), np.float32)
     masks = np.zeros((z, h, w), np.int32)
@@ -266,8 +253,7 @@ def segment_slices(x, model, *, scale, stitch_threshold, cellprob_threshold, flo
 
     def add(k, y):
         bar.update()
-        if small != (h, w):
-            y = _resize_3d(y[:, None], (1, h, w))[:, 0]
+        y = _resize(y, (h, w))
         flows[:, k] = y[:2] / FLOW_SCALE
         cellprob[k] = y[2]
         masks[k] = compute_masks(flows[:, k], cellprob[k], cellprob_threshold=cellprob_threshold,
