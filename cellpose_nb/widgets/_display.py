@@ -1,9 +1,10 @@
-"""What the three explorers share: lazy imports of ipywidgets and ipyevents,
-figures that show themselves in Jupyter, image encoding of the views, and the
-static-figure fallback when ipywidgets is missing."""
+"""What the explorers share: one redraw for several changes, lazy imports of
+ipywidgets and ipyevents, figures that show themselves in Jupyter, image encoding
+of the views, and the static-figure fallback when ipywidgets is missing."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import warnings
@@ -19,6 +20,21 @@ JPEG_QUALITY = 90
 PNG_LEVEL = 1
 #: Resolution of the figures shown in the widgets (their PNG pixels per inch).
 VIEW_DPI = 80
+
+
+class _HeldRedraws:
+    """Mixin of the explorers: ``with self._hold():`` changes several things (or the
+    controls) with one redraw at the end; redraws check ``self._holding``."""
+
+    _holding = False
+
+    @contextlib.contextmanager
+    def _hold(self):
+        prev, self._holding = self._holding, True
+        try:
+            yield
+        finally:
+            self._holding = prev
 
 
 def _ipywidgets():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -12,6 +10,7 @@ from cellpose_nb.flows import check_labels, flows_to_rgb, masks_to_flows, object
 from cellpose_nb.masks import CELLPROB_THRESHOLD, N_ITER, compute_masks, trace_points
 from cellpose_nb.threshold_cache import _check_flows_prob
 from cellpose_nb.widgets._display import (
+    _HeldRedraws,
     VIEW_DPI,
     _figure_png,
     _image_shape,
@@ -25,7 +24,7 @@ from cellpose_nb.widgets._display import (
 __all__ = ["FlowExplorer", "explore_flows"]
 
 
-class FlowExplorer:
+class FlowExplorer(_HeldRedraws):
     """See where every pixel flows: the field, one cell, one pixel's trajectory.
 
     Three panels: the image with the cell outlines, the flow field as colour
@@ -298,17 +297,6 @@ class FlowExplorer:
         return fig
 
     # ------------------------------------------------------------------ widget
-    _holding = False
-
-    @contextlib.contextmanager
-    def _hold(self):
-        """Change several things (or the controls) with one redraw at the end."""
-        prev, self._holding = self._holding, True
-        try:
-            yield
-        finally:
-            self._holding = prev
-
     def _refresh(self):
         if self._widget is None or self._holding:
             return

@@ -11,6 +11,7 @@ from cellpose_nb import plot
 from cellpose_nb.flows import check_labels, flows_to_rgb
 from cellpose_nb.flows3d import object_centers_3d
 from cellpose_nb.widgets._display import (
+    _HeldRedraws,
     _encode_rgb,
     _ipyevents,
     _ipywidgets,
@@ -53,7 +54,7 @@ def _check_volume(volume, channel_axis):
     return arr
 
 
-class VolumeExplorer:
+class VolumeExplorer(_HeldRedraws):
     """Walk through a volume in three orthogonal cuts; pick a cell in any of them.
 
     The XY plane at ``z``, and the XZ and YZ cuts at ``y`` and ``x``; in the
@@ -270,16 +271,6 @@ class VolumeExplorer:
         return fig
 
     # ------------------------------------------------------------------ widget
-    _holding = False
-
-    @contextlib.contextmanager
-    def _hold(self):
-        prev, self._holding = self._holding, True
-        try:
-            yield
-        finally:
-            self._holding = prev
-
     def _refresh(self, changed):
         if self._widget is None:
             return
