@@ -65,6 +65,18 @@ class Segmentation(NamedTuple):
     notes: tuple = ()
 
 
+def _input_notes(image, channels, channel_axis, *, ndim=2, what="image"):
+    """Notes on what the network input had to make up for (see ``Segmentation.notes``):
+    an ``ndim``-D image (or volume) of one channel given to a model that also reads nuclei."""
+    arr = np.asarray(image)
+    one_channel = arr.ndim == ndim or (
+        arr.ndim == ndim + 1 and arr.shape[-1 if channel_axis is None else channel_axis] == 1)
+    if one_channel and channels[1] is not None:
+        return (f"the {what} has one channel; the model also reads a nuclear channel "
+                f"(channels={tuple(channels)}), which is zeros here, as in Cellpose",)
+    return ()
+
+
 def _fallback_diameter(model, reason, stacklevel):
     """The model's diam_mean, with a warning naming why the diameter is not estimated."""
     diam_mean = float(model.config.diam_mean)

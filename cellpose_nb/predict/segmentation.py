@@ -19,6 +19,7 @@ from cellpose_nb.predict.passes import (
     Segmentation,
     _estimate_and_run,
     _fallback_diameter,
+    _input_notes,
     _run_pass,
     _thresholds,
     input_knobs,
@@ -27,16 +28,6 @@ from cellpose_nb.predict.volume import segment_volume
 
 __all__ = ["Segmentation", "InputKnobs", "REUSE_TOLERANCE", "segment", "segment_many",
            "input_knobs"]
-
-
-def _input_notes(image, channels, channel_axis):
-    """Notes on what the network input had to make up for (see ``Segmentation.notes``)."""
-    arr = np.asarray(image)
-    one_channel = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1 if channel_axis is None else channel_axis] == 1)
-    if one_channel and channels[1] is not None:
-        return (f"the image has one channel; the model also reads a nuclear channel "
-                f"(channels={tuple(channels)}), which is zeros here, as in Cellpose",)
-    return ()
 
 
 def _config_of(config, knobs):

@@ -54,6 +54,7 @@ from cellpose_nb.predict.passes import (
     Segmentation,
     _estimate_and_run,
     _fallback_diameter,
+    _input_notes,
     _thresholds,
     input_knobs,
 )
@@ -280,10 +281,7 @@ def segment_volume(volume, model, *, do_3d, stitch_threshold, anisotropy, z_axis
                      normalize=cfg.normalize, invert=invert)
     th = _thresholds(model, cfg.cellprob_threshold, cfg.flow_threshold)
     diam_mean = float(model.config.diam_mean)
-    notes = ()
-    if channels[1] is not None and (np.ndim(volume) == 3 or np.shape(volume)[channel_axis] == 1):
-        notes += (f"the volume has one channel; the model also reads a nuclear channel "
-                  f"(channels={tuple(channels)}), which is zeros here, as in Cellpose",)
+    notes = _input_notes(volume, channels, channel_axis, ndim=3, what="volume")
     size_model = _stored_size_model(model) if diameter is None else None
     if size_model is not None:  # estimated on the middle slice, as a 2D image
         diameter, _, _, estimated = _estimate_and_run(x[:, x.shape[1] // 2], model, size_model,
