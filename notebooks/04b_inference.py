@@ -747,10 +747,9 @@ show(fig)
 #
 # - **Give the diameter when you know it.** The estimate costs a style pass
 #   and a whole segmentation, sometimes two. It depends on the tiling
-#   (`tile_size` changes which tiles the style sees) and on the thresholds;
-#   `estimate_diameter(x, net)` uses the package's default thresholds, not the
-#   model's tuned ones that `segment` uses, so its number can differ from
-#   `segment(image, net).diameter`.
+#   (`tile_size` changes which tiles the style sees) and on the thresholds:
+#   `estimate_diameter(x, net)`, like `segment`, uses the model's tuned ones
+#   (`predict.model_thresholds(net)`) unless you pass others.
 # - **The diameter is the biggest knob.** It decides the zoom, and so what the
 #   network sees; the number of Euler steps follows it (`n_iter_for`). A zoom
 #   above 10 (`MAX_ZOOM`) or a diameter larger than the image is refused.

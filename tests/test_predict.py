@@ -142,6 +142,22 @@ def test_diameter_none_uses_the_models_size_model():
     assert res.diameter == want and res.labels.shape == (40, 40)
 
 
+def test_estimate_diameter_refines_with_the_models_tuned_thresholds(monkeypatch):
+    import cellpose_nb.predict.diameter as D
+
+    net = _tiny_model()
+    net.record = net.record.replace(size_model=P.SizeModel(np.zeros(16), np.zeros(16), np.log(2.0), DIAM),
+                                    thresholds={"cellprob_threshold": -0.5, "flow_threshold": 0.6})
+    seen = []
+    monkeypatch.setattr(D, "_masks_at_scale", lambda x, model, scale, **th: seen.append(th) or
+                        np.zeros(x.shape[-2:], np.int32))
+    x = to_network_input(_smooth((40, 40)))
+    P.estimate_diameter(x, net)
+    P.estimate_diameter(x, net, flow_threshold=0.3)
+    assert seen == [{"cellprob_threshold": -0.5, "flow_threshold": 0.6},
+                    {"cellprob_threshold": -0.5, "flow_threshold": 0.3}]
+
+
 @pytest.mark.parametrize("measured, passes", [(25.0, 1), (21.7, 1), (40.0, 2), (0.0, 1)])
 def test_diameter_none_segments_again_only_when_the_estimate_is_far_from_the_guess(
         monkeypatch, measured, passes):

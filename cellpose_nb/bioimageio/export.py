@@ -29,14 +29,13 @@ import torch
 from cellpose_nb.atomic import write_file
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.masks import (
-    CELLPROB_THRESHOLD,
-    FLOW_THRESHOLD,
     MIN_SIZE,
     N_ITER,
     compute_masks,
 )
 from cellpose_nb.model import CellposeUNet, count_parameters
 from cellpose_nb.model.record import check_field
+from cellpose_nb.predict.config import model_thresholds
 
 from . import contents
 from ._architecture import CellposeNbUNet
@@ -95,14 +94,6 @@ def training_data_of(model) -> dict | None:
     training = model.record.training or {}
     words = " ".join(str(w) for w in training.get("command") or [])
     return next((d for key, d in KNOWN_DATASETS.items() if key in words), None)
-
-
-def _thresholds(model) -> dict:
-    """The post-processing thresholds of the package: the model's tuned ones, else the defaults."""
-    tuned = model.record.thresholds or {}
-    cellprob = tuned.get("cellprob_threshold", tuned.get("cellprob", CELLPROB_THRESHOLD))
-    flow = tuned.get("flow_threshold", tuned.get("flow", FLOW_THRESHOLD))
-    return {"cellprob_threshold": float(cellprob), "flow_threshold": float(flow)}
 
 
 def _scalars(d) -> dict | None:
@@ -246,7 +237,7 @@ def export_bioimageio(model: CellposeUNet, path: str | os.PathLike, *, name: str
     net = package_network(model, n_in)
     with torch.no_grad():
         y = net(torch.from_numpy(x))[0].numpy()
-    th = _thresholds(model)
+    th = model_thresholds(model)
     masks = compute_masks(y[0, :2] / FLOW_SCALE, y[0, 2], **th, n_iter=N_ITER, min_size=MIN_SIZE)
     if not masks.any():  # bioimage.io refuses an all-zero test output, and rightly so
         raise ValueError(f"the model finds no cells in the test image (shape {raw.shape[2:]}, "

@@ -40,7 +40,7 @@ at a diameter), ``volume`` (2.5D and stitched volumes), ``segmentation``
 
 from cellpose_nb.flows import FLOW_SCALE
 from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, MIN_SIZE, N_ITER
-from cellpose_nb.predict.config import SegmentConfig
+from cellpose_nb.predict.config import THRESHOLD_KEYS, SegmentConfig, model_thresholds
 from cellpose_nb.predict.diameter import (
     MIN_DIAMETER,
     SIZE_MODEL_FILE,
@@ -66,7 +66,6 @@ from cellpose_nb.predict.net import run_net_stack
 from cellpose_nb.predict.passes import (
     DEFAULT_CHANNELS,
     REUSE_TOLERANCE,
-    THRESHOLD_KEYS,
     InputKnobs,
     Segmentation,
     input_knobs,
@@ -105,7 +104,7 @@ __all__ = [
     "TileLayout", "tile_layout", "taper_mask",
     # size model
     "SizeModel", "DiameterEstimate", "estimate_diameter", "style_diameter", "load_size_model",
-    "median_diameter", "predict_style", "style_tiles",
+    "median_diameter", "predict_style", "style_tiles", "model_thresholds",
     # constants (owned by the modules above; thresholds, MIN_SIZE, N_ITER by masks,
     # FLOW_SCALE by flows)
     "TILE_SIZE", "TILE_OVERLAP", "OVERLAP_RANGE", "PAD_MULTIPLE", "PAD_EXTRA",

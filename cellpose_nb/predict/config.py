@@ -17,11 +17,16 @@ import numbers
 import numpy as np
 import torch
 
-from cellpose_nb.masks import CELLPROB_LIMIT, FLOW_LIMIT, MIN_SIZE
+from cellpose_nb.masks import CELLPROB_LIMIT, CELLPROB_THRESHOLD, FLOW_LIMIT, FLOW_THRESHOLD, MIN_SIZE
+from cellpose_nb.model.record import record_field
 from cellpose_nb.predict.net import PRECISION, PRECISIONS
 from cellpose_nb.predict.tiles import PAD_MULTIPLE, TILE_OVERLAP, TILE_SIZE
 
-__all__ = ["SegmentConfig"]
+__all__ = ["SegmentConfig", "THRESHOLD_KEYS", "model_thresholds"]
+
+# keys read from model.record.thresholds, first match wins
+THRESHOLD_KEYS = {"cellprob_threshold": ("cellprob_threshold", "cellprob"),
+                  "flow_threshold": ("flow_threshold", "flow")}
 
 
 
@@ -125,3 +130,31 @@ class SegmentConfig:
             raise TypeError(f"unknown segment knob(s) {', '.join(unknown)}; "
                             f"valid: {', '.join(self.field_names())}")
         return dataclasses.replace(self, **knobs) if knobs else self
+
+
+def model_thresholds(model, cellprob_threshold=None, flow_threshold=None) -> dict:
+    """The mask thresholds ``segment`` uses with ``model``: each one given, else the
+    model's tuned value (``model.record.thresholds``), else the package default.
+
+    Raises ValueError, naming the model's values, when a tuned one is out of range.
+
+    Examples
+    --------
+    >>> from cellpose_nb.model import CellposeUNet, ModelConfig
+    >>> net = CellposeUNet(ModelConfig(features=(4, 8)))
+    >>> net.record = net.record.replace(thresholds={"cellprob": -0.5})
+    >>> model_thresholds(net, flow_threshold=0.6)
+    {'cellprob_threshold': -0.5, 'flow_threshold': 0.6}
+    """
+    tuned = record_field(model, "thresholds") or {}
+    chosen = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold}
+    defaults = {"cellprob_threshold": CELLPROB_THRESHOLD, "flow_threshold": FLOW_THRESHOLD}
+    for name, keys in THRESHOLD_KEYS.items():
+        if chosen[name] is None:
+            found = [tuned[k] for k in keys if k in tuned]
+            chosen[name] = found[0] if found else defaults[name]
+    try:  # the model's tuned values get the same range checks as the caller's
+        SegmentConfig(**chosen)
+    except ValueError as exc:
+        raise ValueError(f"the model's tuned thresholds {tuned}: {exc}") from None
+    return {k: float(v) for k, v in chosen.items()}

@@ -20,9 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 from cellpose_nb.flows import check_labels
-from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD
 from cellpose_nb.model.record import record_field
 from cellpose_nb.predict._compat import _data_first
+from cellpose_nb.predict.config import model_thresholds
 from cellpose_nb.predict.net import _masks_at_scale
 from cellpose_nb.predict.style import predict_style
 
@@ -234,8 +234,7 @@ def style_diameter(x, model, size_model=None, **style_kw) -> float:
 
 
 def estimate_diameter(image, model, *, size_model=None, refine=True,
-                      cellprob_threshold=CELLPROB_THRESHOLD,
-                      flow_threshold=FLOW_THRESHOLD) -> DiameterEstimate:
+                      cellprob_threshold=None, flow_threshold=None) -> DiameterEstimate:
     """Estimate the median object diameter of one image (Cellpose's ``SizeModel.eval``).
 
     The size model guesses the diameter from the style of the image as it is
@@ -256,8 +255,9 @@ def estimate_diameter(image, model, *, size_model=None, refine=True,
         Default: ``model.record.size_model`` or the one in ``model.record.training``.
     refine : bool
         Segment at the style's guess and measure the masks.
-    cellprob_threshold, flow_threshold : float
-        Used by the refinement.
+    cellprob_threshold, flow_threshold : float, optional
+        Used by the refinement; default: the model's tuned ones, as in
+        :func:`~cellpose_nb.predict.segment` (:func:`~cellpose_nb.predict.model_thresholds`).
 
     Returns
     -------
@@ -279,6 +279,6 @@ def estimate_diameter(image, model, *, size_model=None, refine=True,
         return DiameterEstimate(d_style, d_style)
     sm = _find_size_model(model, size_model)
     masks = _masks_at_scale(x, model, scale=sm.diam_mean / d_style,
-                            cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold)
+                            **model_thresholds(model, cellprob_threshold, flow_threshold))
     d = median_diameter(masks)
     return DiameterEstimate(d if d > 0 else d_style, d_style)

@@ -15,19 +15,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cellpose_nb.masks import CELLPROB_THRESHOLD, FLOW_THRESHOLD, compute_masks
+from cellpose_nb.masks import compute_masks
 from cellpose_nb.model.record import record_field
-from cellpose_nb.predict.config import SegmentConfig
 from cellpose_nb.predict.diameter import check_diameter, median_diameter, style_diameter
 from cellpose_nb.predict.net import n_iter_for, predict_flows
 
-__all__ = ["Segmentation", "InputKnobs", "input_knobs", "DEFAULT_CHANNELS", "THRESHOLD_KEYS",
-           "REUSE_TOLERANCE"]
+__all__ = ["Segmentation", "InputKnobs", "input_knobs", "DEFAULT_CHANNELS", "REUSE_TOLERANCE"]
 
 DEFAULT_CHANNELS = (0, None)  # network input of a model without an input recipe
-# keys read from model.record.thresholds, first match wins
-THRESHOLD_KEYS = {"cellprob_threshold": ("cellprob_threshold", "cellprob"),
-                  "flow_threshold": ("flow_threshold", "flow")}
 #: without a given diameter, the image is segmented at the size model's guess and the
 #: masks' median diameter is the estimate; that segmentation is the result when the
 #: estimate is within this fraction of the guess, else the image is segmented again at it
@@ -122,21 +117,6 @@ def _estimate_and_run(x, model, size_model, cfg, th):
     else:
         note += f", within {REUSE_TOLERANCE:.0%}: segmented once)"
     return estimate, pred, labels, (note,)
-
-
-def _thresholds(model, cellprob_threshold, flow_threshold):
-    tuned = record_field(model, "thresholds") or {}
-    chosen = {"cellprob_threshold": cellprob_threshold, "flow_threshold": flow_threshold}
-    defaults = {"cellprob_threshold": CELLPROB_THRESHOLD, "flow_threshold": FLOW_THRESHOLD}
-    for name, keys in THRESHOLD_KEYS.items():
-        if chosen[name] is None:
-            found = [tuned[k] for k in keys if k in tuned]
-            chosen[name] = found[0] if found else defaults[name]
-    try:  # the model's tuned values get the same range checks as the caller's
-        SegmentConfig(**chosen)
-    except ValueError as exc:
-        raise ValueError(f"the model's tuned thresholds {tuned}: {exc}") from None
-    return {k: float(v) for k, v in chosen.items()}
 
 
 class InputKnobs(NamedTuple):

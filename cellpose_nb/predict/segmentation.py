@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cellpose_nb.normalize import to_network_input
-from cellpose_nb.predict.config import SegmentConfig
+from cellpose_nb.predict.config import SegmentConfig, model_thresholds
 from cellpose_nb.predict.diameter import _stored_size_model, check_diameter
 from cellpose_nb.predict.passes import (
     REUSE_TOLERANCE,
@@ -21,7 +21,6 @@ from cellpose_nb.predict.passes import (
     _fallback_diameter,
     _input_notes,
     _run_pass,
-    _thresholds,
     input_knobs,
 )
 from cellpose_nb.predict.volume import segment_volume
@@ -130,7 +129,7 @@ def segment(image, model, *, diameter=None, channels=None, channel_axis=None, in
     channels, invert = input_knobs(model, channels, invert)
     x = to_network_input(image, channels=channels, channel_axis=channel_axis,
                          normalize=cfg.normalize, invert=invert)
-    th = _thresholds(model, cfg.cellprob_threshold, cfg.flow_threshold)
+    th = model_thresholds(model, cfg.cellprob_threshold, cfg.flow_threshold)
     size_model = _stored_size_model(model) if diameter is None else None
     notes = _input_notes(image, channels, channel_axis)
     if size_model is not None:

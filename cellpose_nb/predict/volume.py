@@ -48,6 +48,7 @@ from cellpose_nb.masks3d import (
     remove_bad_flow_masks_3d,
 )
 from cellpose_nb.normalize import to_network_input
+from cellpose_nb.predict.config import model_thresholds
 from cellpose_nb.predict.diameter import _stored_size_model, check_diameter
 from cellpose_nb.predict.net import _resize, n_iter_for, run_net_stack
 from cellpose_nb.predict.passes import (
@@ -55,7 +56,6 @@ from cellpose_nb.predict.passes import (
     _estimate_and_run,
     _fallback_diameter,
     _input_notes,
-    _thresholds,
     input_knobs,
 )
 from cellpose_nb.stitch import stitch_slices
@@ -279,7 +279,7 @@ def segment_volume(volume, model, *, do_3d, stitch_threshold, anisotropy, z_axis
     channels, invert = input_knobs(model, channels, invert)
     x = volume_input(volume, channels=channels, z_axis=z_axis, channel_axis=channel_axis,
                      normalize=cfg.normalize, invert=invert)
-    th = _thresholds(model, cfg.cellprob_threshold, cfg.flow_threshold)
+    th = model_thresholds(model, cfg.cellprob_threshold, cfg.flow_threshold)
     diam_mean = float(model.config.diam_mean)
     notes = _input_notes(volume, channels, channel_axis, ndim=3, what="volume")
     size_model = _stored_size_model(model) if diameter is None else None
