@@ -16,6 +16,12 @@ span what users bring.  Per image, in one process, interleaved:
   pass over every tile of the image as it is, a segmentation at the style's
   guess, its masks' median diameter, and a segmentation at that.
 
+With ``--sweep``, each image is also segmented at the guess and at the
+estimate separately (the two passes ``segment`` may run), so that the cost and
+AP of ``segment`` under any ``REUSE_TOLERANCE`` can be composed from one run:
+a table of tolerances is printed, and the composed result at today's
+tolerance is checked against ``segment``'s own labels.
+
 Printed: the median relative error of each estimate (and of each guess)
 against the true median diameter, the cost of ours and Cellpose's procedure
 as a multiple of ``given`` (median over images, and total), and the mean
@@ -25,6 +31,7 @@ wall time.
 
     python benchmarks/diameter.py                       # both models, every image
     python benchmarks/diameter.py --model nuclei --limit 20 --json out.json
+    python benchmarks/diameter.py --model cyto_cil --sweep --no-cellpose
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from cellpose_nb.data import load_cil, load_dsb2018
 from cellpose_nb.metrics import average_precision
 from cellpose_nb.model import load_pretrained
 from cellpose_nb.normalize import to_network_input
+from cellpose_nb.predict.diameter import check_diameter
 from cellpose_nb.predict import (
     REUSE_TOLERANCE,
     SizeModel,
@@ -56,6 +64,9 @@ from cellpose_nb.predict import (
 HERE = Path(__file__).parent
 SCRIPTS = HERE.parent / "scripts"
 ZOOMS = (0.5, 0.7, 1.0, 1.4, 2.0)
+#: the tolerances the sweep composes (REUSE_TOLERANCE is added)
+SWEEP = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+IOUS = (0.5, 0.75, 0.9)
 MODELS = {"nuclei": (load_dsb2018, SCRIPTS / "dsb2018_val.txt"),
           "cyto_cil": (load_cil, SCRIPTS / "cil_val.txt")}
 
@@ -94,7 +105,29 @@ def ap50(truth, masks):
     return float(average_precision([truth], [masks], thresholds=[0.5])[0, 0])
 
 
-def run_model(name, *, limit, zooms):
+def aps(truth, masks):
+    return [float(a) for a in average_precision([truth], [masks], thresholds=list(IOUS))[0]]
+
+
+def two_passes(img, x, lab, net):
+    """The passes ``segment(img, net)`` composes, each timed on its own: the style's
+    guess, a segmentation at it, its masks' median diameter as the estimate, and a
+    segmentation at the estimate (run whatever the tolerance)."""
+    guess, t_style = timed(lambda: style_diameter(x, net))
+    guess = check_diameter(guess, lab.shape, float(net.config.diam_mean))
+    at_guess, t_guess = timed(lambda: segment(img, net, diameter=guess))
+    measured = median_diameter(at_guess.labels)
+    try:
+        estimate = check_diameter(measured, lab.shape, float(net.config.diam_mean)) if measured > 0 else guess
+    except ValueError:
+        estimate = guess
+    at_est, t_est = timed(lambda: segment(img, net, diameter=estimate))
+    return {"guess": guess, "estimate": estimate, "t_style": t_style, "t_guess": t_guess,
+            "t_est": t_est, "ap_guess": aps(lab, at_guess.labels), "ap_est": aps(lab, at_est.labels),
+            "labels_guess": at_guess.labels, "labels_est": at_est.labels}
+
+
+def run_model(name, *, limit, zooms, sweep=False, with_cellpose=True):
     net = load_pretrained(name)
     baseline = SizeModel.from_dict(json.loads(
         (HERE / "baselines" / f"{name}_size_model_cellpose_fit.json").read_text()))
@@ -109,15 +142,26 @@ def run_model(name, *, limit, zooms):
             truth = median_diameter(lab)
             given, t_given = timed(lambda: segment(img, net, diameter=truth))
             ours, t_ours = timed(lambda: segment(img, net))
-            (cp_labels, cp_d, cp_guess), t_cp = timed(lambda: cellpose_procedure(img, net, baseline))
+            if with_cellpose:
+                (cp_labels, cp_d, cp_guess), t_cp = timed(lambda: cellpose_procedure(img, net, baseline))
+            else:
+                cp_labels, cp_d, cp_guess, t_cp = np.zeros_like(lab), np.nan, np.nan, np.nan
             x = to_network_input(img, channels=channels, invert=invert)
-            rows.append({
+            extra = {}
+            if sweep:
+                extra = two_passes(img, x, lab, net)
+                composed = (extra["labels_est"] if abs(extra["estimate"] / extra["guess"] - 1) > REUSE_TOLERANCE
+                            else extra["labels_guess"])
+                extra["composed_matches_segment"] = bool(np.array_equal(composed, ours.labels))
+                del extra["labels_guess"], extra["labels_est"]
+                extra["ap_given_all"] = aps(lab, given.labels)
+            rows.append({**extra,
                 "image": s.name, "zoom": zoom, "shape": list(lab.shape), "true": truth,
                 "ours": ours.diameter, "ours_guess": style_diameter(x, net),
                 "ours_once": any("segmented once" in n for n in ours.notes),
                 "cellpose": cp_d, "cellpose_guess": cp_guess, "t_given": t_given, "t_ours": t_ours, "t_cellpose": t_cp,
                 "ap_given": ap50(lab, given.labels), "ap_ours": ap50(lab, ours.labels),
-                "ap_cellpose": ap50(lab, cp_labels)})
+                "ap_cellpose": ap50(lab, cp_labels) if with_cellpose else float("nan")})
             r = rows[-1]
             print(f"{name} {s.name[:12]:12s} x{zoom:<4} true {truth:6.1f}  ours {r['ours']:6.1f} "
                   f"(guess {r['ours_guess']:6.1f})  cellpose {cp_d:6.1f} (guess {cp_guess:6.1f})  CPU given "
@@ -147,6 +191,33 @@ def summary(rows):
     return out
 
 
+def sweep_table(rows, tolerances=SWEEP):
+    """Cost (x given, median and total) and mean AP at IOUS of ``segment`` for each
+    reuse tolerance, composed from the rows' separate passes."""
+    out = {}
+    for tol in sorted({*tolerances, REUSE_TOLERANCE}):
+        again = [abs(r["estimate"] / r["guess"] - 1) > tol for r in rows]
+        cost = [r["t_style"] + r["t_guess"] + (r["t_est"] if a else 0.0) for r, a in zip(rows, again)]
+        ap = np.mean([r["ap_est"] if a else r["ap_guess"] for r, a in zip(rows, again)], axis=0)
+        out[tol] = {"cost_median": float(np.median([c / r["t_given"] for c, r in zip(cost, rows)])),
+                    "cost_total": sum(cost) / sum(r["t_given"] for r in rows),
+                    "mean_ap": [float(a) for a in ap], "segmented_once": 1 - float(np.mean(again))}
+    return out
+
+
+def print_sweep(name, rows):
+    given = np.mean([r["ap_given_all"] for r in rows], axis=0)
+    ok = sum(r["composed_matches_segment"] for r in rows)
+    print(f"\n{name}: reuse tolerance sweep ({len(rows)} images; composed labels equal to "
+          f"segment's at REUSE_TOLERANCE={REUSE_TOLERANCE} for {ok} of them)")
+    print(f"  given (true diameter): AP@{'/'.join(map(str, IOUS))} "
+          + " / ".join(f"{a:.3f}" for a in given))
+    for tol, t in sweep_table(rows).items():
+        print(f"  tolerance {tol:4.2f}: cost {t['cost_median']:.2f}x median, {t['cost_total']:.2f}x total"
+              f" | AP " + " / ".join(f"{a:.3f}" for a in t["mean_ap"])
+              + f" | segmented once {t['segmented_once']:.0%}")
+
+
 def print_summary(name, table):
     print(f"\n{name}: median relative error of the diameter | cost (x given: median, total) "
           f"| mean AP@0.5 (given / ours / cellpose) | segmented once (ours)")
@@ -165,15 +236,22 @@ def main(argv=None):
     p.add_argument("--zooms", type=float, nargs="+", default=list(ZOOMS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="write every row and the summary")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time both passes separately and print a reuse-tolerance sweep")
+    p.add_argument("--no-cellpose", action="store_true", help="skip Cellpose's procedure")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"REUSE_TOLERANCE = {REUSE_TOLERANCE}, torch threads {torch.get_num_threads()}")
     result = {}
     for name in (MODELS if args.model == "all" else [args.model]):
-        rows = run_model(name, limit=args.limit, zooms=args.zooms)
+        rows = run_model(name, limit=args.limit, zooms=args.zooms, sweep=args.sweep,
+                         with_cellpose=not args.no_cellpose)
         result[name] = {"summary": summary(rows), "rows": rows}
         print_summary(name, result[name]["summary"])
+        if args.sweep:
+            result[name]["sweep"] = {str(k): v for k, v in sweep_table(rows).items()}
+            print_sweep(name, rows)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
