@@ -25,6 +25,7 @@ from cellpose_nb.distributed.stitch import (
     global_labels,
     match_labels,
     merge_tables,
+    whole_labels,
 )
 from cellpose_nb.labels import renumber
 
@@ -79,6 +80,26 @@ def test_match_labels_links_overlap_not_touching():
     assert match_labels(a3, b3, min_contained=0.8).tolist() == []
     with pytest.raises(ValueError, match="one shape"):
         match_labels(a, b[:3])
+
+
+def test_containment_links_only_labels_wholly_inside_the_region():
+    # block a's cell 1 is cut by the region's edge: the sliver inside lies in b's cell 4
+    full_a = np.zeros((6, 12), int)
+    full_a[:, 0:5] = 1
+    full_b = np.zeros((6, 12), int)
+    full_b[:, 3:9] = 4
+    region = np.s_[:, 3:12]
+    a, b = full_a[region], full_b[region]
+    assert match_labels(a, b, min_contained=0.8).tolist() == [[1, 4]]  # the sliver alone: linked
+    assert whole_labels(a, full_a).tolist() == [] and whole_labels(b, full_b).tolist() == [4]
+    assert match_labels(a, b, min_contained=0.8, whole_a=whole_labels(a, full_a),
+                        whole_b=whole_labels(b, full_b)).tolist() == []
+    # two pieces of a cell that the other block sees whole, all inside the region: joined
+    full_a[:] = 0
+    full_a[:, 4:6], full_a[:, 6:8] = 2, 3
+    a = full_a[region]
+    assert match_labels(a, b, min_contained=0.8, whole_a=whole_labels(a, full_a),
+                        whole_b=whole_labels(b, full_b)).tolist() == [[2, 4], [3, 4]]
 
 
 def test_global_ids_join_a_corner_cell_and_drop_halo_only_labels():

@@ -49,7 +49,7 @@ from cellpose_nb.distributed.io import (
     write_masks_zarr,
     write_ome_zarr_labels,
 )
-from cellpose_nb.distributed.stitch import STITCH_IOU, global_labels, merge_tables
+from cellpose_nb.distributed.stitch import STITCH_CONTAINED, STITCH_IOU, global_labels, merge_tables
 
 __all__ = [
     "DIAMETER_CROP",
@@ -227,7 +227,8 @@ def _run_tasks(client, futures, what, work, progress):
 def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, halo=None,
                   channels=None, channel_axis=None, invert=None, component=None, config=None,
                   client=None, scheduler=None, n_workers=None, device=None,
-                  min_iou=STITCH_IOU, overwrite=False, keep_work=False, progress=False, **knobs):
+                  min_iou=STITCH_IOU, min_contained=STITCH_CONTAINED, overwrite=False, keep_work=False,
+                  progress=False, **knobs):
     """Segment an image larger than memory block by block on dask.distributed.
 
     Parameters
@@ -254,7 +255,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
         See :func:`~cellpose_nb.distributed.cluster.connect`.
     device : str, optional
         Where the workers run the model (default: the best each has).
-    min_iou : float
+    min_iou, min_contained : float
         See :func:`~cellpose_nb.distributed.stitch.match_labels`.
     overwrite : bool
         Replace ``out`` (and a work store of other settings).
@@ -348,7 +349,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
             tables = [read_table(str(work), b) for b in blocks]
             pairs = neighbour_pairs(blocks)
             matched = _run_tasks(cl, {(a, b): cl.submit(match_task, job, blocks[a], blocks[b], min_iou,
-                                                       max(1, int(halo) // 2), pure=False) for a, b in pairs},
+                                                       max(1, int(halo) // 2), min_contained, pure=False) for a, b in pairs},
                                  "stitch", work, False)
             luts, n_cells = global_labels([counts[b.index] for b in blocks],
                                           [(a, b, p) for (a, b), p in matched.items()],
