@@ -17,8 +17,9 @@ by default (``STITCH_CONTAINED = None``); when asked for, it links only labels
 that lie wholly inside the compared band (:func:`whole_labels`), as a sliver
 of a label cut by the band's edge says nothing about the cell.  (Without that
 restriction it joined about 90 pairs of distinct cells on a 4096 x 4096 test
-image; with it, 0.6 and 0.8 gave the same result as off there.)  Labels are never joined because they merely touch (their overlap is a
-line of pixels at most), so two cells next to each other at a boundary stay two.
+image; with it, 0.6 and 0.8 gave the same result as off there.)  Labels are
+never joined because they merely touch (their overlap is a line of pixels at
+most), so two cells next to each other at a boundary stay two.
 
 Global ids are int64 throughout and the cells that have pixels in some core
 are renumbered 1..N in block order, so no packing of (block, label) into
