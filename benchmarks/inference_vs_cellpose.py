@@ -175,9 +175,9 @@ def _model(folder):
 
 
 def _thresholds(model):
-    from cellpose_nb.predict.passes import _thresholds
+    from cellpose_nb.predict import model_thresholds
 
-    return _thresholds(model, None, None)
+    return model_thresholds(model)
 
 
 def _spawn(impl, stage, weights, input_path, out_path, th, args):
