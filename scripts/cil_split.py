@@ -23,21 +23,26 @@ N_VAL = 10
 SPLIT_SEED = 0
 
 
+def per_well_pick(names, n, seed) -> list[str]:
+    """``n`` of ``names`` (in sorted order), shared among the wells (the name's prefix
+    before ``_``) in proportion to their size, drawn with ``seed``."""
+    names = sorted(names)
+    groups = sorted({name.split("_")[0] for name in names})
+    rng = np.random.default_rng(seed)
+    sizes = np.array([sum(name.startswith(g + "_") for name in names) for g in groups])
+    quota = np.floor(n * sizes / sizes.sum()).astype(int)
+    for k in rng.permutation(len(groups))[: n - quota.sum()]:
+        quota[k] += 1
+    picked = []
+    for g, q in zip(groups, quota):
+        members = [name for name in names if name.startswith(g + "_")]
+        picked += [members[i] for i in sorted(rng.choice(len(members), size=q, replace=False))]
+    return picked
+
+
 def validation_names(index_csv: Path) -> list[str]:
     with open(index_csv, newline="") as f:
-        names = sorted(row["name"] for row in csv.DictReader(f))
-    groups = sorted({n.split("_")[0] for n in names})
-    rng = np.random.default_rng(SPLIT_SEED)
-    # share the N_VAL fields among the groups in proportion to their size
-    sizes = np.array([sum(n.startswith(g + "_") for n in names) for g in groups])
-    quota = np.floor(N_VAL * sizes / sizes.sum()).astype(int)
-    for k in rng.permutation(len(groups))[: N_VAL - quota.sum()]:
-        quota[k] += 1
-    val = []
-    for g, q in zip(groups, quota):
-        members = [n for n in names if n.startswith(g + "_")]
-        val += [members[i] for i in sorted(rng.choice(len(members), size=q, replace=False))]
-    return val
+        return per_well_pick([row["name"] for row in csv.DictReader(f)], N_VAL, SPLIT_SEED)
 
 
 def main(argv=None):

@@ -44,19 +44,15 @@ def validation_names(val_list: Path = VAL_LIST) -> list[str]:
 
 
 def tuning_names(train_names, *, n=N_TUNE, seed=TUNE_SEED) -> list[str]:
-    """``n`` of ``train_names``, shared among the wells (name prefix) in proportion to their size."""
-    names = sorted(train_names)
-    groups = sorted({name.split("_")[0] for name in names})
-    sizes = np.array([sum(name.startswith(g + "_") for name in names) for g in groups])
-    rng = np.random.default_rng(seed)
-    quota = np.floor(n * sizes / sizes.sum()).astype(int)
-    for k in rng.permutation(len(groups))[: n - quota.sum()]:
-        quota[k] += 1
-    picked = []
-    for g, q in zip(groups, quota):
-        members = [name for name in names if name.startswith(g + "_")]
-        picked += [members[i] for i in sorted(rng.choice(len(members), size=q, replace=False))]
-    return picked
+    """``n`` of ``train_names``, shared among the wells (name prefix) in proportion to their size
+    (``scripts/cil_split.py``'s ``per_well_pick``, which drew the validation fields)."""
+    import importlib.util
+
+    # loaded by path: this module has the same name
+    spec = importlib.util.spec_from_file_location("scripts_cil_split", REPO / "scripts" / "cil_split.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.per_well_pick(train_names, n, seed)
 
 
 def load_split(data: Path | None = None, val_list: Path = VAL_LIST):
