@@ -51,6 +51,7 @@ from cellpose_nb.metrics import average_precision
 from cellpose_nb.model import load_pretrained
 from cellpose_nb.normalize import to_network_input
 from cellpose_nb.predict.diameter import check_diameter
+from cellpose_nb.predict.passes import estimate_from_masks, segments_again
 from cellpose_nb.predict import (
     REUSE_TOLERANCE,
     SizeModel,
@@ -116,11 +117,7 @@ def two_passes(img, x, lab, net):
     guess, t_style = timed(lambda: style_diameter(x, net))
     guess = check_diameter(guess, lab.shape, float(net.config.diam_mean))
     at_guess, t_guess = timed(lambda: segment(img, net, diameter=guess))
-    measured = median_diameter(at_guess.labels)
-    try:
-        estimate = check_diameter(measured, lab.shape, float(net.config.diam_mean)) if measured > 0 else guess
-    except ValueError:
-        estimate = guess
+    estimate = estimate_from_masks(at_guess.labels, guess, lab.shape, float(net.config.diam_mean))
     at_est, t_est = timed(lambda: segment(img, net, diameter=estimate))
     return {"guess": guess, "estimate": estimate, "t_style": t_style, "t_guess": t_guess,
             "t_est": t_est, "ap_guess": aps(lab, at_guess.labels), "ap_est": aps(lab, at_est.labels),
@@ -150,7 +147,7 @@ def run_model(name, *, limit, zooms, sweep=False, with_cellpose=True):
             extra = {}
             if sweep:
                 extra = two_passes(img, x, lab, net)
-                composed = (extra["labels_est"] if abs(extra["estimate"] / extra["guess"] - 1) > REUSE_TOLERANCE
+                composed = (extra["labels_est"] if segments_again(extra["estimate"], extra["guess"])
                             else extra["labels_guess"])
                 extra["composed_matches_segment"] = bool(np.array_equal(composed, ours.labels))
                 del extra["labels_guess"], extra["labels_est"]
@@ -196,7 +193,7 @@ def sweep_table(rows, tolerances=SWEEP):
     reuse tolerance, composed from the rows' separate passes."""
     out = {}
     for tol in sorted({*tolerances, REUSE_TOLERANCE}):
-        again = [abs(r["estimate"] / r["guess"] - 1) > tol for r in rows]
+        again = [segments_again(r["estimate"], r["guess"], tol) for r in rows]
         cost = [r["t_style"] + r["t_guess"] + (r["t_est"] if a else 0.0) for r, a in zip(rows, again)]
         ap = np.mean([r["ap_est"] if a else r["ap_guess"] for r, a in zip(rows, again)], axis=0)
         out[tol] = {"cost_median": float(np.median([c / r["t_given"] for c, r in zip(cost, rows)])),

@@ -91,6 +91,21 @@ def _run_pass(x, model, diameter, cfg, th):
                                min_size=cfg.min_size)
 
 
+def estimate_from_masks(labels, guess, shape, diam_mean) -> float:
+    """The diameter estimate from the masks found at ``guess``: their median diameter,
+    or the guess when there are none or they cannot be used for an image of ``shape``."""
+    measured = median_diameter(labels)
+    try:
+        return check_diameter(measured, shape, diam_mean) if measured > 0 else guess
+    except ValueError:  # e.g. masks too small to measure: keep the guess
+        return guess
+
+
+def segments_again(estimate, guess, tolerance=REUSE_TOLERANCE) -> bool:
+    """Whether ``segment`` runs a second pass at ``estimate`` after the pass at ``guess``."""
+    return abs(estimate / guess - 1) > tolerance
+
+
 def _estimate_and_run(x, model, size_model, cfg, th):
     """Segment without a diameter: the size model's guess, one pass at it, the masks'
     median diameter as the estimate, and a second pass only when the estimate is more
@@ -105,13 +120,9 @@ def _estimate_and_run(x, model, size_model, cfg, th):
         d = _fallback_diameter(model, f"the size model's estimate cannot be used: {exc}", 4)
         return (d, *_run_pass(x, model, d, cfg, th), ())
     pred, labels = _run_pass(x, model, guess, cfg, th)
-    measured = median_diameter(labels)
-    try:
-        estimate = check_diameter(measured, shape, diam_mean) if measured > 0 else guess
-    except ValueError:  # e.g. masks too small to measure: keep the guess
-        estimate = guess
+    estimate = estimate_from_masks(labels, guess, shape, diam_mean)
     note = f"diameter estimated: {estimate:.1f} px (size model's guess {guess:.1f} px"
-    if abs(estimate / guess - 1) > REUSE_TOLERANCE:
+    if segments_again(estimate, guess):
         pred, labels = _run_pass(x, model, estimate, cfg, th)
         note += f"; segmented again at {estimate:.1f} px)"
     else:
