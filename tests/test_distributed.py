@@ -262,3 +262,31 @@ def test_large_image_on_the_command_line(small, client, tmp_path, capsys):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "res" / "scan_masks.zarr"))[:], masks)
     assert main(["segment", str(tif), "--out", str(tmp_path / "x"), "--block-size", "256"]) == 2
     assert "only work with --dask" in capsys.readouterr().err
+
+
+def _numba_threads_in_task(plugin):
+    import types
+
+    import numba
+
+    from cellpose_nb.distributed._worker import _model
+
+    before = numba.get_num_threads()
+    _model(types.SimpleNamespace(plugin=plugin))
+    return before, numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS
+
+
+def test_a_one_thread_worker_runs_numba_on_one_thread(client):
+    """numba's count is per thread: set in the task's thread, to the worker's dask threads."""
+    from cellpose_nb.distributed._worker import ModelPlugin
+
+    client.register_plugin(ModelPlugin("nuclei"), name="numba-threads-test")
+    try:
+        results = client.run(lambda: None)  # the workers are up
+        assert len(results) == 2
+        futures = [client.submit(_numba_threads_in_task, "numba-threads-test", pure=False, workers=[w])
+                   for w in results]
+        for before, after, available in client.gather(futures):
+            assert after == 1, f"numba ran on {after} threads in a 1-thread worker (of {available}; before {before})"
+    finally:
+        client.unregister_worker_plugin("numba-threads-test")

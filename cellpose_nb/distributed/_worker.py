@@ -91,7 +91,19 @@ class Job:
 
 
 def _model(job):
-    return get_worker().plugins[job.plugin].model
+    """The worker's model; in a worker process of its own, numba gets dask's thread count too.
+
+    numba's thread count belongs to the calling thread, so it is set here, in the
+    task's thread, not at set-up (else each 1-thread worker would run numba's hot
+    loops on every core and the workers would contend for them).
+    """
+    worker = get_worker()
+    plugin = worker.plugins[job.plugin]
+    if os.getpid() != plugin.client_pid:
+        import numba
+
+        numba.set_num_threads(max(1, min(worker.state.nthreads, numba.config.NUMBA_NUM_THREADS)))
+    return plugin.model
 
 
 def network_input(job, pixels) -> np.ndarray:
