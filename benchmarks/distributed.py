@@ -7,22 +7,21 @@ tiles of 1024 x 1024 drawn with 16 seeds and laid out cyclically) is written
 to zarr tile by tile, with its true labels, and never held whole.  For each
 number of workers, ``cellpose_nb.distributed.segment_large`` runs on a fresh
 ``LocalCluster`` (one thread per worker): wall time, megapixels per second,
-and the peak resident memory of each worker process (``ru_maxrss``).  The
+and the peak resident memory of each worker process (``VmHWM``).  The
 same is measured on a ``--small`` image, to show that the peak per worker
 does not grow with the image.  Quality, on the large image: AP@0.5 / 0.9
 against the truth and the number of true cells crossing a block line that
 come out in two or more pieces.
 
-Cellpose's ``contrib/distributed_segmentation.distributed_eval`` needs
-dask-image and dask-jobqueue (and hard-codes 3-D structuring elements); it is
-run on the same zarr and block size when it imports, else the reason is
-printed.
+Cellpose's ``contrib/distributed_segmentation.distributed_eval`` is run side
+by side with ours, on the same zarr, blocks and weights, by
+``benchmarks/distributed_vs_cellpose.py`` (it needs dask-image and
+dask-jobqueue, and as shipped it does not run on 2-D images: see there).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import tempfile
@@ -76,8 +75,16 @@ def write_synthetic(folder, size):
 
 
 def worker_peak_gb(client):
-    peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # kB on Linux
-    return max(peaks.values()) / 2 ** 20
+    """The largest peak resident size of the workers, GB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``ru_maxrss``: a worker is spawned by fork and exec, and Linux carries the parent's
+    resident size at the fork into the child's ``ru_maxrss``.
+    """
+    def peak_kb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+    return max(client.run(peak_kb).values()) / 2 ** 20
 
 
 def run_ours(image, out, n_workers, block):
@@ -112,30 +119,6 @@ def split_cells(truth, pred, block):
         if pc > 0 and n >= SPLIT_SHARE * area[tc]:
             pieces[tc] = pieces.get(tc, 0) + 1
     return len(crossing), sum(1 for v in pieces.values() if v > 1)
-
-
-def run_cellpose(image, block):
-    """cellpose's distributed_eval on the same zarr, or why it cannot run."""
-    try:
-        import warnings
-
-        warnings.simplefilter("ignore")
-        from cellpose.contrib import distributed_segmentation as ds
-    except Exception as exc:  # noqa: BLE001 - any import failure is the answer
-        return f"cellpose contrib/distributed_segmentation cannot run here: {type(exc).__name__}: {exc}"
-    import zarr
-
-    t0 = time.perf_counter()
-    try:  # its documented workstation set-up; 2-D input is expected to fail (3-D structuring element)
-        ds.distributed_eval(zarr.open_array(str(image), mode="r"), (block, block),
-                            str(Path(image).parent / "cellpose_masks.zarr"),
-                            model_kwargs={"gpu": False, "model_type": "nuclei"},
-                            eval_kwargs={"diameter": DIAMETER, "channels": [0, 0]},
-                            cluster_kwargs={"n_workers": 1, "ncpus": 1, "memory_limit": "4GB",
-                                            "threads_per_worker": 1})
-    except Exception as exc:  # noqa: BLE001
-        return f"cellpose distributed_eval failed: {type(exc).__name__}: {exc}"
-    return f"cellpose distributed_eval: {time.perf_counter() - t0:.0f} s (agreement not computed)"
 
 
 def main():
@@ -175,7 +158,7 @@ def main():
                 print(f"  vs truth: AP@0.5 {m50.ap:.4f}, AP@0.9 {m90.ap:.4f}; {n_cross} true cells "
                       f"cross a block line, {n_split} of them split")
                 del t, p
-                print("  " + run_cellpose(image, args.block))
+                print("  cellpose's distributed_eval side by side: benchmarks/distributed_vs_cellpose.py")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -78,6 +78,20 @@ COLAB_OTHERS = {
     "safetensors": "0.7.0",
     "imageio": "2.37.2",
     "pillow": "11.3.0",
+    # what the `distributed` extra (notebook 10) would otherwise move
+    "python-dateutil": "2.9.0.post0",
+    "dask": "2026.1.1",
+    "distributed": "2026.1.1",
+    "fsspec": "2025.3.0",
+    "toolz": "0.12.1",
+    "cloudpickle": "3.1.2",
+    "partd": "1.4.2",
+    "psutil": "5.9.5",
+    "tornado": "6.5.1",
+    "aiohttp": "3.13.3",
+    "wrapt": "2.1.1",
+    "urllib3": "2.5.0",
+    "requests": "2.32.4",
 }
 #: Colab's torch is a CUDA build for Python 3.12, which cannot be had here; the CPU
 #: wheel that this machine's pip serves for Python 3.11 (the Makefile's TORCH) stands
@@ -290,6 +304,27 @@ from google.colab import output as _output
 assert _output.CALLS == ["enable_custom_widget_manager"], _output.CALLS
 print("COLAB-SET-UP-CELL-OK")
 '''
+#: Run in the venv after a set-up cell that installs the `distributed` extra (notebook 10):
+#: a small image in blocks on a 1-worker cluster, written as OME-Zarr, with Colab's dask.
+AFTER_DISTRIBUTED_CELL = '''
+import json
+
+if __name__ == "__main__":
+    import dask, ome_zarr, zarr
+    from cellpose_nb import data
+    from cellpose_nb.distributed import segment_large
+
+    sample = data.make_synthetic((384, 384), n_cells=40, diameter=20.0, kind="nuclei", seed=0)
+    res = segment_large(sample.image, "nuclei", out="masks.ome.zarr", diameter=20.0, block_size=192,
+                        n_workers=1, device="cpu")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    labels = next(iter(Reader(parse_url("masks.ome.zarr/labels/masks"))())).data[0]
+    labels = labels.compute() if hasattr(labels, "compute") else labels
+    print("FACTS", json.dumps({"cells": int(len(set(labels.ravel().tolist())) - 1), "dask": dask.__version__,
+                      "ome_zarr": ome_zarr.__version__, "zarr": zarr.__version__}))
+'''
 #: Run in the venv after the set-up cell, from Colab's working folder.
 AFTER_CELL = '''
 import json
@@ -397,6 +432,14 @@ def test_colab_setup_cell_keeps_colab_versions_and_the_package_works(tmp_path, p
         assert "cellpose-nb" in after, f"the set-up cell of {names} did not install the package:\n{out[-3000:]}"
         print(f"Colab set-up cell of {len(names)} notebook(s) {names}: added "
               f"{sorted(set(after) - set(before))}, changed nothing")
+        if "cellpose-nb[distributed]" in cell:
+            check = tmp_path / "after_distributed_cell.py"
+            check.write_text(AFTER_DISTRIBUTED_CELL)
+            out = _run([python, check], what="segment_large with Colab's dask", timeout=300, env=env, cwd=content)
+            facts = json.loads(next(line for line in out.splitlines() if line.startswith("FACTS "))[6:])
+            assert facts["cells"] >= 20, f"segment_large found {facts['cells']} of 40 synthetic nuclei: {facts}"
+            assert facts["dask"] == COLAB_OTHERS["dask"], facts
+            print(f"segment_large after {names}' cell: {facts}")
 
     facts = json.loads(_run([python, "-c", AFTER_CELL], what="the package on Colab", timeout=300, env=env,
                             cwd=content).strip().splitlines()[-1])
