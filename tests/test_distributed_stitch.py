@@ -25,7 +25,6 @@ from cellpose_nb.distributed.stitch import (
     global_labels,
     match_labels,
     merge_tables,
-    whole_labels,
 )
 from cellpose_nb.labels import renumber
 
@@ -69,9 +68,9 @@ def test_match_labels_links_overlap_not_touching():
     # one cell of a over two pieces in b: by IoU alone linked once, to the larger piece ...
     b2 = np.zeros_like(b)
     b2[:, 0:3], b2[:, 3:4] = 5, 6
-    assert match_labels(a, b2, min_iou=0.2).tolist() == [[1, 5]]
-    # ... and both pieces when containment is asked for (the cell is not cut where b split it)
-    assert match_labels(a, b2, min_contained=0.8).tolist() == [[1, 5], [1, 6]]
+    assert match_labels(a, b2, min_iou=0.2, min_contained=None).tolist() == [[1, 5]]
+    # ... and the partnerless piece joins it by default (the cell is not cut where b split it)
+    assert match_labels(a, b2, min_iou=0.2).tolist() == [[1, 5], [1, 6]]
     # two cells of a, each half inside one of b: neither IoU nor containment links them
     a3 = np.zeros_like(a)
     a3[:, 0:4], a3[:, 4:8] = 1, 2
@@ -82,24 +81,26 @@ def test_match_labels_links_overlap_not_touching():
         match_labels(a, b[:3])
 
 
-def test_containment_links_only_labels_wholly_inside_the_region():
-    # block a's cell 1 is cut by the region's edge: the sliver inside lies in b's cell 4
-    full_a = np.zeros((6, 12), int)
-    full_a[:, 0:5] = 1
-    full_b = np.zeros((6, 12), int)
-    full_b[:, 3:9] = 4
-    region = np.s_[:, 3:12]
-    a, b = full_a[region], full_b[region]
-    assert match_labels(a, b, min_contained=0.8).tolist() == [[1, 4]]  # the sliver alone: linked
-    assert whole_labels(a, full_a).tolist() == [] and whole_labels(b, full_b).tolist() == [4]
-    assert match_labels(a, b, min_contained=0.8, whole_a=whole_labels(a, full_a),
-                        whole_b=whole_labels(b, full_b)).tolist() == []
-    # two pieces of a cell that the other block sees whole, all inside the region: joined
-    full_a[:] = 0
-    full_a[:, 4:6], full_a[:, 6:8] = 2, 3
-    a = full_a[region]
-    assert match_labels(a, b, min_contained=0.8, whole_a=whole_labels(a, full_a),
-                        whole_b=whole_labels(b, full_b)).tolist() == [[2, 4], [3, 4]]
+def test_a_partnerless_label_joins_the_label_it_lies_in():
+    # block a merged two cells (label 1) that block b tells apart (3: large, 4: small); by IoU
+    # a's 1 partners b's 3, and b's 4 has no partner: it joins a's 1, so it is not cut at the line
+    a = np.zeros((6, 12), int)
+    a[:, 0:9] = 1
+    b = np.zeros((6, 12), int)
+    b[:, 0:6], b[:, 6:9] = 3, 4
+    assert match_labels(a, b, min_contained=None).tolist() == [[1, 3]]
+    assert match_labels(a, b).tolist() == [[1, 3], [1, 4]]
+    # the same when a is the one that split: pieces without a partner join b's whole cell
+    assert match_labels(b, a).tolist() == [[3, 1], [4, 1]]
+    # a partnerless label less than half inside: left alone
+    c = np.zeros((6, 12), int)
+    c[:, 0:4] = 5
+    d = np.zeros((6, 12), int)
+    d[:, 2:12] = 6
+    e = np.zeros((6, 12), int)
+    e[:, 3:12] = 7  # 1 of 4 columns of c's 5 inside: 0.25
+    assert match_labels(c, e).tolist() == []
+    assert match_labels(c, d).tolist() == [[5, 6]]  # half inside: joined
 
 
 def test_global_ids_join_a_corner_cell_and_drop_halo_only_labels():

@@ -23,7 +23,7 @@ from distributed import WorkerPlugin, get_worker
 
 from cellpose_nb.atomic import write_bytes
 from cellpose_nb.distributed.blocks import Block, match_region, within
-from cellpose_nb.distributed.stitch import STITCH_CONTAINED, block_table, match_labels, whole_labels
+from cellpose_nb.distributed.stitch import STITCH_CONTAINED, block_table, match_labels
 
 #: where a block's core table is kept in the work store, next to its labels
 TABLE_FOLDER = "tables"
@@ -198,10 +198,8 @@ def match_task(job, a: Block, b: Block, min_iou, margin, min_contained=STITCH_CO
     region = match_region(a, b, margin)
     if region is None:
         return np.zeros((0, 2), np.int64)
-    full_a, full_b = _ext_labels(ext, a), _ext_labels(ext, b)
-    la, lb = full_a[within(region, a)], full_b[within(region, b)]
-    return match_labels(la, lb, min_iou=min_iou, min_contained=min_contained,
-                        whole_a=whole_labels(la, full_a), whole_b=whole_labels(lb, full_b))
+    la, lb = _ext_labels(ext, a)[within(region, a)], _ext_labels(ext, b)[within(region, b)]
+    return match_labels(la, lb, min_iou=min_iou, min_contained=min_contained)
 
 
 def write_task(job, block: Block, lut, labels_path) -> int:
