@@ -79,6 +79,8 @@ def test_match_labels_links_overlap_not_touching():
     assert match_labels(a3, b3, min_contained=0.8).tolist() == []
     with pytest.raises(ValueError, match="one shape"):
         match_labels(a, b[:3])
+    with pytest.raises(ValueError, match="min_contained"):
+        match_labels(a, b, min_contained=1.5)
 
 
 def test_a_partnerless_label_joins_the_label_it_lies_in():

@@ -255,7 +255,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
         See :func:`~cellpose_nb.distributed.cluster.connect`.
     device : str, optional
         Where the workers run the model (default: the best each has).
-    min_iou, min_contained : float
+    min_iou, min_contained : float (min_contained: or None, IoU alone)
         See :func:`~cellpose_nb.distributed.stitch.match_labels`.
     overwrite : bool
         Replace ``out`` (and a work store of other settings).

@@ -141,6 +141,8 @@ def match_labels(a, b, *, min_iou=STITCH_IOU, min_contained=STITCH_CONTAINED) ->
         raise ValueError(f"the two views must have one shape; got {a.shape} and {b.shape}")
     if not 0 < min_iou <= 1:
         raise ValueError(f"min_iou must be in (0, 1]; got {min_iou!r}")
+    if min_contained is not None and not 0 < min_contained <= 1:
+        raise ValueError(f"min_contained must be in (0, 1] or None; got {min_contained!r}")
     both = (a > 0) & (b > 0)
     if not both.any():
         return np.zeros((0, 2), np.int64)
