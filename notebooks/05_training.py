@@ -671,7 +671,7 @@ assert np.isfinite(guess) and guess >= 5
 # the regression has only a few hundred crops to learn from. The guess is
 # only the first step. Without a diameter, `segment` segments the image at
 # the guess and measures the median diameter of the masks it finds (as
-# Cellpose does); when that estimate is within `REUSE_TOLERANCE` (10 %) of
+# Cellpose does); when that estimate is within `REUSE_TOLERANCE` (40 %) of
 # the guess, that segmentation is the result, and only otherwise is the
 # image segmented again at the estimate. So a good guess costs one
 # segmentation plus the style, and a poor one still ends at the right size.

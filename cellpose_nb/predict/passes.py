@@ -26,7 +26,9 @@ DEFAULT_CHANNELS = (0, None)  # network input of a model without an input recipe
 #: without a given diameter, the image is segmented at the size model's guess and the
 #: masks' median diameter is the estimate; that segmentation is the result when the
 #: estimate is within this fraction of the guess, else the image is segmented again at it
-REUSE_TOLERANCE = 0.1
+#: (0.4: the largest tolerance at which both shipped models' AP was unchanged, within 0.005,
+#: on their validation images zoomed 0.5-2x; benchmarks/README.md, "Reuse tolerance sweep")
+REUSE_TOLERANCE = 0.4
 
 
 class Segmentation(NamedTuple):
