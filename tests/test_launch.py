@@ -24,6 +24,8 @@ Colab
     then no preinstalled package may have changed version, and the package
     must import from the venv, segment a synthetic image with the shipped
     nuclei model and build the explorers' widgets with Colab's ipywidgets.
+    After a cell that installs the ``distributed`` extra (notebook 10), a small
+    ``segment_large`` run to OME-Zarr must work with Colab's dask.
 
 Both build real environments (a few minutes each, pip's cache helps); they
 skip with the reason where ``python3.11`` or the registry is missing, and
@@ -315,8 +317,8 @@ if __name__ == "__main__":
     from cellpose_nb.distributed import segment_large
 
     sample = data.make_synthetic((384, 384), n_cells=40, diameter=20.0, kind="nuclei", seed=0)
-    res = segment_large(sample.image, "nuclei", out="masks.ome.zarr", diameter=20.0, block_size=192,
-                        n_workers=1, device="cpu")
+    segment_large(sample.image, "nuclei", out="masks.ome.zarr", diameter=20.0, block_size=192,
+                  n_workers=1, device="cpu")
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
