@@ -146,20 +146,10 @@ def local_cluster(n_workers):
 
 
 def worker_facts(client):
-    """Peak resident memory of the workers (GB) and their torch thread counts.
-
-    The peak is ``VmHWM`` of ``/proc/self/status``: a worker is spawned by fork and exec, and
-    Linux carries the parent's resident size at the fork into the child's ``ru_maxrss``.
-    """
-    def facts():
-        import torch
-
-        with open("/proc/self/status") as f:
-            hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-        return hwm_kb / 2 ** 20, torch.get_num_threads()
-
-    out = list(client.run(facts).values())
-    return max(p for p, _ in out), sorted({t for _, t in out})
+    """Peak resident memory of the workers (GB, ``worker_peak_gb`` of distributed.py) and their
+    torch thread counts."""
+    threads = client.run(lambda: __import__("torch").get_num_threads()).values()
+    return BENCH.worker_peak_gb(client), sorted(set(threads))
 
 
 def cpu_seconds(client):
