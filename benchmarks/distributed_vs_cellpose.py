@@ -375,7 +375,7 @@ def main():
         ours = zarr.open_array(str(res.path))[:]
         print(f"cellpose_nb segment_large: {t_ours['wall']:.1f} s (CPU {t_ours['cpu']:.1f} s), {res.n_cells} cells "
               f"in {res.n_blocks} blocks "
-              f"(halo {res.halo} px), peak memory per worker {peak:.2f} GB, torch threads per worker {threads}")
+              f"(halo {res.halo[-1]} px), peak memory per worker {peak:.2f} GB, torch threads per worker {threads}")
 
         print("cellpose distributed_eval (same weights, one CellposeModel per block):", flush=True)
         labels, secs, err, _ = run_cellpose(ds, image_path, (args.block, args.block), eval_kwargs, weights,

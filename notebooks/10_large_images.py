@@ -404,12 +404,12 @@ res = segment_large(image_path, MODEL, out=out, diameter=DIAMETER, block_size=BL
                     progress=True, keep_work=True)
 t_blocks = time.perf_counter() - t0
 peaks = client.run(peak_memory_gb)  # each worker's own peak
-print(f"\n{plural(res.n_cells, 'cell')} in {plural(res.n_blocks, 'block')} (halo {res.halo} px) in {t_blocks:.0f} s "
+print(f"\n{plural(res.n_cells, 'cell')} in {plural(res.n_blocks, 'block')} (halo {res.halo[-1]} px) in {t_blocks:.0f} s "
       f"on {plural(N_WORKERS, 'worker')}; peak memory per worker "
       f"{', '.join(f'{p:.2f}' for p in peaks.values())} GB")
 for note in res.notes:
     print("note:", note)
-assert res.n_blocks == len(blocks) and res.halo == halo and res.n_resumed == 0
+assert res.n_blocks == len(blocks) and res.halo == (halo, halo) and res.n_resumed == 0
 assert any("network's grid" in note for note in res.notes)
 assert max(peaks.values()) < 2  # one block at a time: far below the whole image's needs
 root = zarr.open_group(str(out), mode="r")

@@ -26,7 +26,6 @@ from cellpose_nb.distributed.stitch import (
     match_labels,
     merge_tables,
 )
-from cellpose_nb.labels import renumber
 
 
 @pytest.mark.parametrize("shape, size, halo", [((100, 70), 32, 5), ((64, 64), 64, 10), ((50, 90), (17, 40), 0)])
@@ -120,13 +119,15 @@ def _stitch_exact(labels, size, halo, seed=0):
     grid = block_grid(labels.shape, size, halo)
     ext, tables = [], []
     for b in grid:
-        local = renumber(labels[b.ext])
+        local = np.unique(labels[b.ext], return_inverse=True)[1].reshape(b.ext_shape)
+        local = local if (labels[b.ext] == 0).any() else local + 1  # 0 stays background
         n = int(local.max())
         perm = np.concatenate([[0], rng.permutation(n) + 1])
         local = perm[local]
         ext.append(local)
-        tables.append(block_table(local[b.core_in_ext], (b.core[0].start, b.core[1].start), n))
-    regions = {(a, c): match_region(grid[a], grid[c], halo // 2) for a, c in neighbour_pairs(grid)}
+        tables.append(block_table(local[b.core_in_ext], tuple(c.start for c in b.core), n))
+    margin = tuple(max(1, h // 2) for h in np.broadcast_to(halo, labels.ndim))
+    regions = {(a, c): match_region(grid[a], grid[c], margin) for a, c in neighbour_pairs(grid)}
     links = [(a, c, match_labels(ext[a][within(r, grid[a])], ext[c][within(r, grid[c])]))
              for (a, c), r in regions.items()]
     luts, n = global_labels([int(e.max()) for e in ext], links, [t[:, 0] for t in tables])
@@ -154,6 +155,23 @@ def test_stitching_exact_blocks_gives_the_labels_back(size):
     k = int(np.argmax(cells["area"]))
     rows, cols = np.nonzero(out == k + 1)
     assert (cells["bbox_min_row"][k], cells["bbox_max_col"][k]) == (rows.min(), cols.max() + 1)
+
+
+def test_stitching_exact_blocks_of_a_volume_gives_the_labels_back():
+    from cellpose_nb.data import make_synthetic_volume
+    from cellpose_nb.export3d import cell_table_3d
+
+    truth = make_synthetic_volume((30, 70, 64), n_cells=25, diameter=20, seed=1).labels
+    # blocks cut every axis (planes too), cores that do not divide it, halos per axis
+    out, cells, n = _stitch_exact(truth, (12, 32, 25), halo=(8, 16, 16))
+    pairs = np.unique(np.stack([truth.ravel(), out.ravel()]), axis=1)
+    assert n == len(np.unique(truth)) - 1 and pairs.shape[1] == n + 1
+    ref = cell_table_3d(out)
+    assert [r["volume"] for r in ref] == cells["volume"].tolist()
+    for key in ("centroid_z", "centroid_row", "centroid_col"):
+        np.testing.assert_allclose([r[key] for r in ref], cells[key])
+    for key in ("bbox_z0", "bbox_row0", "bbox_col0", "bbox_z1", "bbox_row1", "bbox_col1"):
+        assert [r[key] for r in ref] == cells[key].tolist(), key
 
 
 def test_touching_cells_across_a_boundary_stay_two():
@@ -233,6 +251,74 @@ def test_open_image_bad_input_is_named(tmp_path, zarr):
         open_image(np.zeros((10, 10), bool))
     with pytest.raises(TypeError, match="list"):
         open_image([[1, 2]])
+
+
+def test_open_image_reads_volumes(tmp_path, zarr):
+    import tifffile
+
+    from cellpose_nb.distributed._worker import sample_task
+    from cellpose_nb.distributed.io import _ome_writer, open_image
+
+    rng = np.random.default_rng(2)
+    vol = rng.integers(0, 4000, (6, 50, 40, 2), dtype=np.uint16)  # z, y, x, c
+    region = (slice(1, 4), slice(10, 30), slice(5, 9))
+    zarr.create_array(store=str(tmp_path / "v.zarr"), data=vol, chunks=(2, 32, 32, 2))
+    tifffile.imwrite(tmp_path / "v.tif", vol[..., 0], imagej=True, metadata={"axes": "ZYX"})
+    root = zarr.open_group(str(tmp_path / "v.ome.zarr"), mode="w")
+    _ome_writer().write_image(np.moveaxis(vol, -1, 0), root, axes="czyx", scale_factors=())
+    zyxc = [open_image(tmp_path / "v.zarr", channel_axis=-1, volume=True),
+            open_image(tmp_path / "v.ome.zarr", volume=True),
+            open_image(np.moveaxis(vol, 0, 2), z_axis=2, channel_axis=-1, volume=True)]
+    for src in zyxc:
+        assert src.shape == (6, 50, 40) and src.n_channels == 2 and src.ndim == 3
+        np.testing.assert_array_equal(src.read(region), vol[region])
+    gray = open_image(tmp_path / "v.tif", volume=True)
+    assert gray.shape == (6, 50, 40) and gray.n_channels == 0 and "6 x 50 x 40 voxels" in gray.describe()
+    np.testing.assert_array_equal(gray.read(region), vol[region][..., 0])
+    # the percentile sample of a volume: every step-th voxel along every axis
+    part = sample_task(gray, region, 2)
+    np.testing.assert_array_equal(part, vol[1:4, 10:30, 5:9, 0][1::2, ::2, 1::2])
+    assert part.base is None  # not a view: held by dask until gathered, it would keep its block
+
+
+def test_open_image_names_what_is_not_a_volume_or_an_image(tmp_path, zarr):
+    import tifffile
+
+    from cellpose_nb.distributed.io import open_image
+
+    with pytest.raises(ValueError, match="2-D image of shape"):
+        open_image(np.zeros((40, 30)), volume=True)
+    with pytest.raises(ValueError, match="one slice is a 2-D image"):
+        open_image(np.zeros((1, 40, 30)), volume=True)
+    with pytest.raises(ValueError, match="needs channel_axis"):
+        open_image(np.zeros((5, 40, 30, 2)), volume=True)
+    with pytest.raises(ValueError, match="same axis"):
+        open_image(np.zeros((5, 40, 30, 2)), z_axis=-1, channel_axis=3, volume=True)
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((7, 40, 30), np.uint8), imagej=True,
+                     metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match=r"a volume \(7 z planes.*do_3d"):
+        open_image(tmp_path / "stack.tif")
+
+
+def test_writers_keep_a_volume(tmp_path, zarr):
+    import tifffile
+
+    from cellpose_nb.data import make_synthetic_volume
+    from cellpose_nb.distributed.io import write_masks_tiff, write_ome_zarr_labels
+
+    lab = make_synthetic_volume((5, 600, 530), n_cells=30, diameter=40, seed=0).labels.astype(np.uint32)
+    arr = zarr.create_array(store=str(tmp_path / "l.zarr"), data=lab, chunks=(5, 256, 256))
+    arr.attrs["n_cells"] = int(lab.max())
+    with tifffile.TiffFile(write_masks_tiff(tmp_path / "l.zarr", tmp_path / "m.tif")) as tif:
+        assert tif.series[0].axes == "ZYX" and (tif.asarray() == lab).all()
+    ome = write_ome_zarr_labels(tmp_path / "l.zarr", tmp_path / "m.ome.zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(str(ome / "labels" / "masks")))()))
+    assert [d.shape for d in node.data][:2] == [(5, 600, 530), (5, 300, 265)]  # planes kept
+    assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"]
+    assert (np.asarray(node.data[0]) == lab).all()
 
 
 def test_writers_keep_the_labels(tmp_path, zarr):

@@ -114,9 +114,9 @@ def volume_options(args):
         return {}
     if args.do_3d and args.stitch_threshold is not None:
         raise ValueError("choose --3d or --stitch-threshold, not both")
-    if wants_dask(args):
-        raise ValueError("--3d and --stitch-threshold do not work with --dask: volumes are "
-                         "segmented in one process")
+    if wants_dask(args) and args.stitch_threshold is not None:
+        raise ValueError("--stitch-threshold does not work with --dask (slices are linked in one "
+                         "process); use --3d for volumes block by block")
     anisotropy = args.anisotropy
     if args.voxel_size is not None:
         dz, dy, dx = args.voxel_size
@@ -372,7 +372,7 @@ def run(args):
 
     volume = volume_options(args)  # bad options fail before any work
     if wants_dask(args):  # large images / folders on dask.distributed
-        return run_dask(args, sys.modules[__name__])
+        return run_dask(args, sys.modules[__name__], volume)
     config = config_from_args(args)  # bad options fail before the model is loaded
     files = plan_inputs(args)
     model = load_model(args.model, args.device)

@@ -82,9 +82,10 @@ def large_name(path) -> str:
     return name.removesuffix("_img")
 
 
-def run(args, serial):
+def run(args, serial, volume=None):
     """The ``--dask`` command; ``serial`` is :mod:`cellpose_nb.cli.segment`, whose per-image
-    unit, markers and summary are reused (passed in: that module imports this one)."""
+    unit, markers and summary are reused (passed in: that module imports this one);
+    ``volume``: its ``volume_options`` (``--3d``), {} for 2-D images."""
     from cellpose_nb.cli._common import load_model
 
     if args.block_size < 1:
@@ -107,8 +108,8 @@ def run(args, serial):
     with connect(scheduler=args.scheduler, n_workers=args.workers) as client:
         print(f"dask dashboard: {client.dashboard_link or 'none'}", file=sys.stderr)
         if large:
-            return _run_large(args, large, config, client, serial)
-        return _run_folders(args, config, client, serial)
+            return _run_large(args, large, config, client, serial, volume or {})
+        return _run_folders(args, config, client, serial, volume or {})
 
 
 # --- large images --------------------------------------------------------------------------
@@ -117,14 +118,14 @@ def _stamp_of(path: Path, serial):
     return serial._stamp(meta)
 
 
-def _run_large(args, images, config, client, serial):
+def _run_large(args, images, config, client, serial, volume):
     from cellpose_nb.distributed.io import write_cells_table
     from cellpose_nb.distributed.run import MASK_FORMATS as SUFFIX_OF
     from cellpose_nb.distributed.run import segment_large
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    requested = list(dict.fromkeys(args.formats or serial.FORMATS))
+    requested = list(dict.fromkeys(args.formats or (serial.FORMATS_3D if volume else serial.FORMATS)))
     formats = [f for f in requested if f in BLOCKWISE_FORMATS]
     left = [f for f in requested if f not in BLOCKWISE_FORMATS]
     if left:
@@ -164,7 +165,8 @@ def _run_large(args, images, config, client, serial):
                                 block_size=args.block_size, channels=channels,
                                 channel_axis=args.channel_axis, invert=_invert(args), config=config,
                                 client=client, device=args.device, overwrite=True,
-                                progress=sys.stdout.isatty())
+                                progress=sys.stdout.isatty(), do_3d=bool(volume),
+                                anisotropy=volume.get("anisotropy"), z_axis=volume.get("z_axis"))
         except (ValueError, TypeError, RuntimeError) as exc:
             failed.append(path)
             print(f"{path.name}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -218,20 +220,21 @@ def folder_task(unit, plugin, f, kwargs):
     return unit(f, model=get_worker().plugins[plugin].model, **kwargs)
 
 
-def _run_folders(args, config, client, serial):
+def _run_folders(args, config, client, serial, volume):
     from distributed import as_completed
     from tqdm import tqdm
 
     from cellpose_nb.distributed._worker import ModelPlugin
 
     files = serial.plan_inputs(args)
-    targets, formats = serial.plan_outputs(args, files)
+    targets, formats = serial.plan_outputs(args, files, volume=bool(volume))
     channels = None if args.channels is None else _channels(args)
     plugin = "cellpose-nb-folder-model"
     client.register_plugin(ModelPlugin(args.model, args.device), name=plugin)
     futures = {client.submit(folder_task, serial.segment_image, plugin, f,
                              {"out": args.out, "targets": targets[f], "args": args,
-                              "channels": channels, "config": config, "formats": formats},
+                              "channels": channels, "config": config, "formats": formats,
+                              "volume": volume},
                              pure=False): f for f in files}
     failed, skipped, stopped, stopped_at = [], [], None, None
     bar = tqdm(total=len(files), desc="segment", unit="image")

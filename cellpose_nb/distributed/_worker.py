@@ -88,6 +88,8 @@ class Job:
     invert: bool
     config: Any  # SegmentConfig with normalize=False
     two_channels: bool  # the network reads a nuclear channel (else it is zeros)
+    do_3d: bool = False  # the blocks are volumes, segmented in 2.5D
+    anisotropy: float = 1.0  # of a volume: Z step / XY pixel size
 
 
 def _model(job):
@@ -106,11 +108,15 @@ def _model(job):
     return plugin.model
 
 
-def network_input(job, pixels) -> np.ndarray:
-    """(2, h, w) float32 network input of ``pixels``, normalised by the image's percentiles."""
+def network_input(job, pixels, volume=False) -> np.ndarray:
+    """(2, h, w), or for a ``volume`` (2, d, h, w), float32 network input of ``pixels``,
+    normalised by the image's percentiles."""
     from cellpose_nb.normalize import to_network_input
 
-    x = to_network_input(pixels, channels=job.channels, normalize=False)
+    spatial = pixels.shape[:3] if volume else pixels.shape[:2]
+    if volume:  # one tall (d * h, w[, C]) image, as predict.volume_input
+        pixels = pixels.reshape(-1, *pixels.shape[2:])
+    x = to_network_input(pixels, channels=job.channels, normalize=False).reshape(2, *spatial)
     for k in range(2):
         if job.low[k] is None:
             x[k] = 0.0
@@ -124,11 +130,13 @@ def network_input(job, pixels) -> np.ndarray:
 def _segment_pixels(job, pixels, diameter):
     from cellpose_nb.predict import segment
 
-    x = network_input(job, pixels)
+    x = network_input(job, pixels, volume=job.do_3d)
     image = np.moveaxis(x, 0, -1) if job.two_channels else x[0]
     channels = (0, 1) if job.two_channels else (0, None)
+    volume = dict(do_3d=True, anisotropy=job.anisotropy,
+                  channel_axis=-1 if job.two_channels else None) if job.do_3d else {}
     return segment(image, _model(job), diameter=diameter, channels=channels, invert=False,
-                   config=job.config)
+                   config=job.config, **volume)
 
 
 def _read(source, region, pixels):
@@ -137,16 +145,23 @@ def _read(source, region, pixels):
 
 
 def sample_task(source, region, step, pixels=None):
-    """Every ``step``-th pixel of ``region`` on the image-wide grid (for the percentiles)."""
-    start = [(-r.start) % step for r in region]
-    return _read(source, region, pixels)[start[0]::step, start[1]::step]
+    """Every ``step``-th pixel of ``region`` on the image-wide grid (for the percentiles).
+
+    A copy, not a view: dask holds the results until the client gathers them,
+    and a view would hold its whole block (at 16384 x 16384 in blocks of 1024,
+    256 blocks of 4 MB: 1 GB in a one-worker cluster before the fix).
+    """
+    block = _read(source, region, pixels)
+    return block[tuple(slice((-r.start) % step, None, step) for r in region)].copy()
 
 
 def diameter_task(job, region, pixels=None):
-    """The size model's estimate on ``region``, or None when the model has none."""
+    """The size model's estimate on ``region`` (of a volume: one plane), or None when the
+    model has none."""
     from cellpose_nb.predict import estimate_diameter
 
-    x = network_input(job, _read(job.source, region, pixels))
+    pixels = _read(job.source, region, pixels)
+    x = network_input(job, pixels[0] if len(region) == 3 else pixels)
     try:
         return float(estimate_diameter(x, _model(job)).diameter)
     except ValueError:  # no size model
@@ -168,28 +183,27 @@ def segment_task(job, block: Block, pixels=None) -> int:
     """
     res = _segment_pixels(job, _read(job.source, block.ext, pixels), job.diameter)
     labels = res.labels
-    h, w = labels.shape
     ext, count = _ext_arrays(job.work)
-    i, j = block.index
-    ext[i, j, :h, :w] = labels
+    ext[(*block.index, *(slice(0, n) for n in labels.shape))] = labels
     n = int(labels.max(initial=0))
-    table = block_table(labels[block.core_in_ext], (block.core[0].start, block.core[1].start), n)
+    table = block_table(labels[block.core_in_ext], tuple(c.start for c in block.core), n)
     buf = io.BytesIO()
     np.save(buf, table)
-    write_bytes(os.path.join(job.work, TABLE_FOLDER, f"{i}_{j}.npy"), buf.getvalue(), overwrite=True)
-    count[i, j] = n
+    write_bytes(_table_path(job.work, block), buf.getvalue(), overwrite=True)
+    count[block.index] = n
     return n
 
 
+def _table_path(work, block: Block):
+    return os.path.join(work, TABLE_FOLDER, "_".join(str(i) for i in block.index) + ".npy")
+
+
 def read_table(work, block: Block) -> np.ndarray:
-    i, j = block.index
-    return np.load(os.path.join(work, TABLE_FOLDER, f"{i}_{j}.npy"), allow_pickle=False)
+    return np.load(_table_path(work, block), allow_pickle=False)
 
 
 def _ext_labels(ext, block):
-    h, w = block.ext_shape
-    i, j = block.index
-    return ext[i, j, :h, :w]
+    return ext[(*block.index, *(slice(0, n) for n in block.ext_shape))]
 
 
 def match_task(job, a: Block, b: Block, min_iou, margin, min_contained=STITCH_CONTAINED) -> np.ndarray:

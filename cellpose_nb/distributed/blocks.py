@@ -1,8 +1,8 @@
-"""The block grid of a large image: cores that tile it, and cores grown by a halo.
+"""The block grid of a large image or volume: cores that tile it, and cores grown by a halo.
 
-A large image is cut into a grid of *cores* of ``block_size`` pixels (the last
-row and column of cores take what is left, so the size need not divide the
-image).  Each core is segmented together with a *halo* of ``halo`` pixels on
+A large image (rows, cols) or volume (planes, rows, cols) is cut into a grid of
+*cores* of ``block_size`` pixels (the last core along each axis takes what is
+left, so the size need not divide the image).  Each core is segmented together with a *halo* of ``halo`` pixels on
 every side (clipped at the image border): its *extended region*.  The halo
 gives the network the context around the core, and it is where two
 neighbouring blocks both have masks, so that a cell cut by a core boundary can
@@ -18,6 +18,7 @@ Pure Python and NumPy: no dask, no torch.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from typing import NamedTuple
@@ -42,15 +43,15 @@ BLOCK_SIZE = 1024
 
 
 class Block(NamedTuple):
-    """One block of a :func:`block_grid`.
+    """One block of a :func:`block_grid` (two entries per tuple for an image, three for a volume).
 
     Attributes
     ----------
-    index : (int, int)
-        (row, col) of the block in the grid.
-    core : (slice, slice)
+    index : tuple of int
+        (row, col), or (plane, row, col), of the block in the grid.
+    core : tuple of slice
         The pixels this block writes, in image coordinates.
-    ext : (slice, slice)
+    ext : tuple of slice
         The core grown by the halo and clipped to the image: what is read and segmented.
     """
 
@@ -68,14 +69,15 @@ class Block(NamedTuple):
         return tuple(e.stop - e.start for e in self.ext)
 
 
-def _pair(value, name):
+def _ints(value, name, ndim):
+    """``value`` as ``ndim`` integers (one integer is used for every axis)."""
     try:
-        vals = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+        vals = (value,) * ndim if isinstance(value, numbers.Integral) else tuple(value)
     except TypeError:
         vals = ()
-    if len(vals) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                 for v in vals):
-        raise TypeError(f"{name} must be an integer or a pair of integers; got {value!r}")
+    if len(vals) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                    for v in vals):
+        raise TypeError(f"{name} must be an integer or {ndim} integers; got {value!r}")
     return tuple(int(v) for v in vals)
 
 
@@ -118,16 +120,16 @@ def grid_step(diameter, diam_mean, pad_multiple) -> int:
 
 
 def block_grid(shape, block_size=BLOCK_SIZE, halo=0) -> list[Block]:
-    """Cut an image of ``shape`` (rows, cols) into cores of ``block_size`` with a ``halo``.
+    """Cut an image of ``shape`` (rows, cols) or (planes, rows, cols) into cores with a ``halo``.
 
     Parameters
     ----------
-    shape : (int, int)
-        Rows and columns of the image.
-    block_size : int or (int, int)
-        Core side(s) in pixels; the last row/column of cores is smaller when it
-        does not divide the image.
-    halo : int or (int, int)
+    shape : tuple of int
+        Rows and columns of the image (planes first for a volume).
+    block_size : int or tuple of int
+        Core side(s) in pixels; the last core along an axis is smaller when
+        the size does not divide the image.
+    halo : int or tuple of int
         Pixels added on each side of a core (clipped to the image).
 
     Returns
@@ -142,53 +144,72 @@ def block_grid(shape, block_size=BLOCK_SIZE, halo=0) -> list[Block]:
     (6, (2, 1), (slice(8, 10, None), slice(4, 7, None)), (slice(7, 10, None), slice(3, 7, None)))
     >>> grid[0].core_in_ext
     (slice(0, 4, None), slice(0, 4, None))
+    >>> [b.index for b in block_grid((5, 8, 8), (5, 4, 4), halo=(1, 2, 2))]
+    [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
     """
-    rows, cols = _pair(shape, "shape")
-    (bh, bw), (hh, hw) = _pair(block_size, "block_size"), _pair(halo, "halo")
-    if rows < 1 or cols < 1:
+    try:
+        ndim = len(shape)
+    except TypeError:
+        ndim = 0
+    if ndim not in (2, 3):
+        raise TypeError(f"shape must be (rows, cols) or (planes, rows, cols); got {shape!r}")
+    shape = _ints(shape, "shape", ndim)
+    size, halo_ = _ints(block_size, "block_size", ndim), _ints(halo, "halo", ndim)
+    if min(shape) < 1:
         raise ValueError(f"shape must be positive; got {shape!r}")
-    if bh < 1 or bw < 1:
+    if min(size) < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size!r}")
-    if hh < 0 or hw < 0:
+    if min(halo_) < 0:
         raise ValueError(f"halo must be >= 0; got {halo!r}")
+    starts = [range(0, n, b) for n, b in zip(shape, size)]
     out = []
-    for i, r0 in enumerate(range(0, rows, bh)):
-        for j, c0 in enumerate(range(0, cols, bw)):
-            r1, c1 = min(r0 + bh, rows), min(c0 + bw, cols)
-            core = (slice(r0, r1), slice(c0, c1))
-            ext = (slice(max(r0 - hh, 0), min(r1 + hh, rows)), slice(max(c0 - hw, 0), min(c1 + hw, cols)))
-            out.append(Block((i, j), core, ext))
+    for index in itertools.product(*(range(len(r)) for r in starts)):
+        lo = [r[k] for r, k in zip(starts, index)]
+        hi = [min(a + b, n) for a, b, n in zip(lo, size, shape)]
+        core = tuple(slice(a, b) for a, b in zip(lo, hi))
+        ext = tuple(slice(max(a - h, 0), min(b + h, n)) for a, b, h, n in zip(lo, hi, halo_, shape))
+        out.append(Block(tuple(index), core, ext))
     return out
 
 
 def grid_shape(blocks) -> tuple:
-    """(rows, cols) of blocks in a grid.
+    """Blocks per axis of a grid: (rows, cols), or (planes, rows, cols).
 
     Examples
     --------
-    >>> grid_shape(block_grid((10, 7), 4))
-    (3, 2)
+    >>> grid_shape(block_grid((10, 7), 4)), grid_shape(block_grid((3, 10, 7), 4))
+    ((3, 2), (1, 3, 2))
     """
-    return (max(b.index[0] for b in blocks) + 1, max(b.index[1] for b in blocks) + 1)
+    return tuple(max(b.index[k] for b in blocks) + 1 for k in range(len(blocks[0].index)))
+
+
+def _forward_offsets(ndim):
+    """Grid offsets to the neighbours that come after a block, each pair of blocks once:
+    those whose first non-zero entry is positive (4 in 2-D, 13 in 3-D)."""
+    return [d for d in itertools.product((-1, 0, 1), repeat=ndim)
+            if any(d) and d[next(k for k, v in enumerate(d) if v)] > 0]
 
 
 def neighbour_pairs(blocks):
     """Pairs (a, b) of positions in ``blocks`` whose extended regions overlap, each once.
 
-    The right, lower, lower-right and lower-left neighbours of every block:
-    the cells at a corner of four blocks are matched across every pair.
+    Every block and its face, edge and corner neighbours (in 2-D: the right,
+    lower, lower-right and lower-left ones): the cells at a corner of four
+    blocks (eight in a volume) are matched across every pair.
 
     Examples
     --------
     >>> sorted(neighbour_pairs(block_grid((8, 8), 4, halo=1)))
     [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    >>> len(neighbour_pairs(block_grid((8, 8, 8), 4, halo=1)))  # all 28 pairs of 8 blocks
+    28
     """
     where = {b.index: k for k, b in enumerate(blocks)}
+    offsets = _forward_offsets(len(blocks[0].index)) if blocks else []
     out = []
     for k, b in enumerate(blocks):
-        i, j = b.index
-        for di, dj in ((0, 1), (1, -1), (1, 0), (1, 1)):
-            other = where.get((i + di, j + dj))
+        for d in offsets:
+            other = where.get(tuple(i + di for i, di in zip(b.index, d)))
             if other is not None and shared_region(b, blocks[other]) is not None:  # noqa: SIM102
                 out.append((k, other))
     return out
@@ -213,7 +234,8 @@ def shared_region(a: Block, b: Block):
 
 
 def match_region(a: Block, b: Block, margin):
-    """Where the labels of ``a`` and ``b`` are compared: both cores grown by ``margin``, intersected.
+    """Where the labels of ``a`` and ``b`` are compared: both cores grown by ``margin`` (an int,
+    or one per axis), intersected.
 
     Half a halo from the core boundary, both blocks are at least half a halo
     from the edge of what they segmented, where masks are least reliable; a
@@ -225,10 +247,11 @@ def match_region(a: Block, b: Block, margin):
     >>> match_region(a, b, 1)
     (slice(0, 4, None), slice(3, 5, None))
     """
+    margins = _ints(margin, "margin", len(a.core))
     region = []
-    for ca, cb, sa, sb in zip(a.core, b.core, a.ext, b.ext):
-        lo = max(ca.start - margin, cb.start - margin, sa.start, sb.start)
-        hi = min(ca.stop + margin, cb.stop + margin, sa.stop, sb.stop)
+    for ca, cb, sa, sb, m in zip(a.core, b.core, a.ext, b.ext, margins):
+        lo = max(ca.start - m, cb.start - m, sa.start, sb.start)
+        hi = min(ca.stop + m, cb.stop + m, sa.stop, sb.stop)
         if hi <= lo:
             return None
         region.append(slice(lo, hi))

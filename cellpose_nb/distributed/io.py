@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from cellpose_nb.export3d import CSV_COLUMNS_3D
 from cellpose_nb.normalize import MAX_GUESSED_CHANNELS
 
 __all__ = [
     "CELL_TABLE_COLUMNS",
+    "CELL_TABLE_COLUMNS_3D",
     "EXTRA_HINT",
     "PYRAMID_LEVELS",
     "TIFF_TILE",
@@ -48,7 +50,7 @@ TIFF_TILE = 512  # tile side of the TIFFs written (a multiple of 16, as TIFF req
 PYRAMID_LEVELS = 4  # OME-Zarr label levels written: full size, then halved each time
 ZARR_SUFFIXES = (".zarr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
-SPATIAL_AXES = ("y", "x")
+SPATIAL_AXES = ("z", "y", "x")  # a volume's planes, rows, columns (an image has no "z")
 
 
 def require(module: str):
@@ -63,7 +65,7 @@ def require(module: str):
 
 @dataclasses.dataclass(frozen=True)
 class ImageSource:
-    """Where a large 2-D image lives and how to read a region of it.
+    """Where a large 2-D image or 3-D volume lives and how to read a region of it.
 
     Attributes
     ----------
@@ -75,10 +77,10 @@ class ImageSource:
     array : object or None
         The dask or numpy array itself (dask / numpy).
     index : tuple
-        Per stored axis: ``"y"``, ``"x"``, ``"c"`` (channels) or an int (a
-        singleton axis, taken at that index).
-    shape : (int, int)
-        Rows and columns.
+        Per stored axis: ``"z"`` (a volume's planes), ``"y"``, ``"x"``, ``"c"``
+        (channels) or an int (a singleton axis, taken at that index).
+    shape : tuple of int
+        Rows and columns; planes first for a volume.
     n_channels : int
         0 for a gray image without a channel axis.
     dtype : numpy dtype
@@ -93,9 +95,15 @@ class ImageSource:
     n_channels: int
     dtype: Any
 
+    @property
+    def ndim(self) -> int:
+        """2 for an image, 3 for a volume."""
+        return len(self.shape)
+
     def read(self, region) -> np.ndarray:
-        """The pixels of ``region`` ((slice, slice) of rows, cols): (h, w) or (h, w, C)."""
-        key = tuple(region[SPATIAL_AXES.index(a)] if a in SPATIAL_AXES
+        """The pixels of ``region`` (a slice per axis of ``shape``): (h, w) or (d, h, w), then C."""
+        axes = SPATIAL_AXES[-self.ndim:]
+        key = tuple(region[axes.index(a)] if a in SPATIAL_AXES
                     else (slice(None) if a == "c" else a) for a in self.index)
         if self.kind == "dask":
             out = np.asarray(self.array[key].compute(scheduler="sync"))
@@ -104,17 +112,15 @@ class ImageSource:
         else:
             out = np.asarray(_stored_array(self.kind, self.location, self.component)[key])
         kept = [a for a in self.index if isinstance(a, str)]
-        if "c" in kept:
-            out = np.moveaxis(out, kept.index("c"), -1)
-        if kept.index("y") > kept.index("x"):
-            out = np.swapaxes(out, 0, 1)
-        return out
+        order = [kept.index(a) for a in (*axes, "c") if a in kept]
+        return out.transpose(order) if order != sorted(order) else out
 
     def describe(self) -> str:
         """One line for messages: where the image is and its shape."""
         where = self.location or f"a {self.kind} array"
         chans = f" x {self.n_channels} channels" if self.n_channels else ""
-        return f"{where} ({self.shape[0]} x {self.shape[1]} px{chans}, {np.dtype(self.dtype)})"
+        size = " x ".join(str(n) for n in self.shape)
+        return f"{where} ({size} {'voxels' if self.ndim == 3 else 'px'}{chans}, {np.dtype(self.dtype)})"
 
 
 @functools.lru_cache(maxsize=8)
@@ -138,38 +144,71 @@ def _ome_multiscales(attrs):
     return attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
 
 
-def _axes_index(shape, names, channel_axis, where):
-    """Per-axis roles (see ``ImageSource.index``) from axis names or the layout rules."""
+def _guessed_names(shape, channel_axis, z_axis, volume, where):
+    """Axis names of an array without metadata: segment's layout rules."""
     ndim = len(shape)
-    if names is None:  # no metadata: 2-D, or 3-D with a channel axis (normalize's rule)
+    if not volume:  # (H, W), or (H, W, C) with the channels last or at channel_axis
         if ndim == 2:
-            names = ["y", "x"]
-        elif ndim == 3:
+            return ["y", "x"]
+        if ndim == 3:
             if channel_axis is None and shape[-1] > MAX_GUESSED_CHANNELS:
                 raise ValueError(
                     f"{where} has shape {tuple(shape)}: not a 2-D image with at most "
                     f"{MAX_GUESSED_CHANNELS} channels last; pass channel_axis (--channel-axis) if "
-                    "the channels are on another axis (3-D volumes are not supported block-wise yet)")
-            axis = (-1 if channel_axis is None else channel_axis) % 3
+                    "the channels are on another axis, or do_3d=True (--3d) for a volume")
             names = ["y", "x"]
-            names.insert(axis, "c")
-        else:
-            raise ValueError(f"{where} has shape {tuple(shape)}; expected (H, W) or (H, W, C)")
+            names.insert((-1 if channel_axis is None else channel_axis) % 3, "c")
+            return names
+        raise ValueError(f"{where} has shape {tuple(shape)}; expected (H, W) or (H, W, C) "
+                         "(or a volume, with do_3d=True / --3d)")
+    if ndim == 2:
+        raise ValueError(f"{where} is a 2-D image of shape {tuple(shape)}: segment it without "
+                         "do_3d (--3d)")
+    if ndim == 3 and channel_axis is not None:
+        raise ValueError(f"{where} has shape {tuple(shape)}: with channel_axis={channel_axis} it is "
+                         "a 2-D image with channels; segment it without do_3d (--3d), or give a "
+                         "(Z, Y, X, C) volume")
+    if ndim == 4 and channel_axis is None:
+        raise ValueError(f"{where} has shape {tuple(shape)}: a 4-D volume needs channel_axis "
+                         "(--channel-axis), and z_axis (--z-axis) if Z is not axis 0")
+    if ndim not in (3, 4):
+        raise ValueError(f"{where} has shape {tuple(shape)}; a volume is (Z, Y, X) or (Z, Y, X, C)")
+    try:
+        z = range(ndim)[0 if z_axis is None else z_axis]
+        c = None if channel_axis is None else range(ndim)[channel_axis]
+    except (IndexError, TypeError):
+        raise ValueError(f"z_axis={z_axis!r} / channel_axis={channel_axis!r} are not axes of "
+                         f"{where} (shape {tuple(shape)})") from None
+    if z == c:
+        raise ValueError(f"z_axis and channel_axis are the same axis ({z}) of {where}")
+    rest = iter(["y", "x"])
+    return ["z" if k == z else "c" if k == c else next(rest) for k in range(ndim)]
+
+
+def _axes_index(shape, names, channel_axis, where, *, z_axis=None, volume=False):
+    """Per-axis roles (see ``ImageSource.index``) from axis names or the layout rules."""
+    if names is None:
+        names = _guessed_names(shape, channel_axis, z_axis, volume, where)
     names = [str(n).lower() for n in names]
     index = []
     for n, size in zip(names, shape):
-        if n in SPATIAL_AXES or (n == "c" and size > 1):
+        if n in ("y", "x") or (n == "c" and size > 1) or (n == "z" and volume):
             index.append(n)
         elif size == 1:
             index.append(0)
         elif n == "z":
             raise ValueError(f"{where} is a volume ({size} z planes, shape {tuple(shape)}); "
-                             "block-wise segmentation is 2-D for now")
+                             "segment it with do_3d=True (--3d)")
         else:
             raise ValueError(f"{where} has {size} entries on its {n!r} axis (shape {tuple(shape)}); "
-                             "give one 2-D image (e.g. one time point)")
-    if sorted(a for a in index if a in SPATIAL_AXES) != ["x", "y"]:
-        raise ValueError(f"{where}: axes {names} do not name one y and one x axis")
+                             "give one image or volume (e.g. one time point)")
+    spatial = sorted(a for a in index if a in SPATIAL_AXES)
+    if spatial != (["x", "y", "z"] if volume else ["x", "y"]):
+        raise ValueError(f"{where}: axes {names} do not name one y and one x axis"
+                         + (" and one z axis (do_3d needs a volume)" if volume else ""))
+    if volume and shape[index.index("z")] == 1:
+        raise ValueError(f"{where} has one z plane (shape {tuple(shape)}): a stack of one slice "
+                         "is a 2-D image; segment it without do_3d (--3d)")
     return tuple(index)
 
 
@@ -182,8 +221,8 @@ def _tiff_axes(path):
     return [{"Y": "y", "X": "x", "S": "c", "C": "c", "Q": "c", "Z": "z", "T": "t"}.get(a, a.lower()) for a in axes]
 
 
-def open_image(image, *, channel_axis=None, component=None) -> ImageSource:
-    """Describe a large 2-D image for block-wise reading.
+def open_image(image, *, channel_axis=None, component=None, z_axis=None, volume=False) -> ImageSource:
+    """Describe a large 2-D image, or with ``volume=True`` a 3-D volume, for block-wise reading.
 
     Parameters
     ----------
@@ -194,10 +233,14 @@ def open_image(image, *, channel_axis=None, component=None) -> ImageSource:
         or an array.  A numpy array is copied to the workers: for images that
         fit in memory.
     channel_axis : int, optional
-        Channel axis of a 3-D array without axis metadata (default: last when
-        it has at most 4 entries).
+        Channel axis of an array without axis metadata (default for an image:
+        last when it has at most 4 entries; a 4-D volume must name it).
     component : str, optional
         Path of the array inside a zarr group.
+    z_axis : int, optional
+        Plane axis of a volume without axis metadata (default 0).
+    volume : bool
+        The image is a (Z, Y, X) volume, perhaps with channels.
 
     Returns
     -------
@@ -208,9 +251,13 @@ def open_image(image, *, channel_axis=None, component=None) -> ImageSource:
     >>> src = open_image(np.zeros((30, 40, 2), np.uint16))
     >>> src.shape, src.n_channels, src.read((slice(0, 5), slice(10, 20))).shape
     ((30, 40), 2, (5, 10, 2))
+    >>> vol = open_image(np.zeros((40, 30, 6), np.uint16), z_axis=-1, volume=True)
+    >>> vol.shape, vol.read((slice(0, 2), slice(0, 5), slice(0, 3))).shape
+    ((6, 40, 30), (2, 5, 3))
     """
+    opts = dict(channel_axis=channel_axis, z_axis=z_axis, volume=bool(volume))
     if isinstance(image, (str, Path)):
-        return _open_path(Path(image), channel_axis, component)
+        return _open_path(Path(image), component, **opts)
     if type(image).__module__.startswith("dask"):
         kind, arr = "dask", image
     elif isinstance(image, np.ndarray):
@@ -221,14 +268,13 @@ def open_image(image, *, channel_axis=None, component=None) -> ImageSource:
         raise TypeError(f"image must be a path, a zarr, dask or numpy array; got {type(image).__name__}")
     if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
         raise TypeError(f"image must be numeric; got dtype {arr.dtype}")
-    index = _axes_index(arr.shape, None, channel_axis, f"the {kind} array")
+    index = _axes_index(arr.shape, None, where=f"the {kind} array", **opts)
     return _source(kind, None, None, arr, index, arr.shape, arr.dtype)
 
 
 def _source(kind, location, component, arr, index, shape, dtype):
-    spatial = [shape[k] for k, a in enumerate(index) if a in SPATIAL_AXES]
-    if index.index("y") > index.index("x"):
-        spatial = spatial[::-1]
+    by_role = {a: shape[k] for k, a in enumerate(index) if a in SPATIAL_AXES}
+    spatial = [by_role[a] for a in SPATIAL_AXES if a in by_role]
     n_chan = shape[index.index("c")] if "c" in index else 0
     if min(spatial) < 1:
         raise ValueError(f"the image is empty (shape {tuple(shape)})")
@@ -236,10 +282,11 @@ def _source(kind, location, component, arr, index, shape, dtype):
                        int(n_chan), np.dtype(dtype))
 
 
-def _open_path(path, channel_axis, component):
+def _open_path(path, component, *, channel_axis, z_axis, volume):
     if not path.exists():
         raise FileNotFoundError(f"no such image: {path}")
     zarr = require("zarr")
+    given = channel_axis is not None or z_axis is not None  # the caller's layout beats metadata
     if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
         try:
             arr = _stored_array("tiff", str(path), None)
@@ -248,8 +295,8 @@ def _open_path(path, channel_axis, component):
         level = None
         if not hasattr(arr, "shape"):  # a pyramidal TIFF: its full-size level
             level, arr = "0", arr["0"]
-        names = None if channel_axis is not None else _tiff_axes(path)
-        index = _axes_index(arr.shape, names, channel_axis, str(path))
+        names = None if given else _tiff_axes(path)
+        index = _axes_index(arr.shape, names, channel_axis, str(path), z_axis=z_axis, volume=volume)
         return _source("tiff", str(path), level, None, index, arr.shape, arr.dtype)
     if not path.is_dir():
         raise ValueError(f"{path}: expected a TIFF file or a zarr store (a folder)")
@@ -271,7 +318,8 @@ def _open_path(path, channel_axis, component):
         node = node[component]
     if not np.issubdtype(node.dtype, np.number) or node.dtype == bool:
         raise TypeError(f"{path} holds dtype {node.dtype}; expected a numeric image")
-    index = _axes_index(node.shape, None if channel_axis is not None else names, channel_axis, str(path))
+    index = _axes_index(node.shape, None if given else names, channel_axis, str(path),
+                        z_axis=z_axis, volume=volume)
     return _source("zarr", str(path), component, None, index, node.shape, node.dtype)
 
 
@@ -295,27 +343,32 @@ def _ome_writer():
 def write_ome_zarr_labels(labels_path, out, *, name="masks", levels=PYRAMID_LEVELS):
     """An OME-Zarr store ``out`` whose ``labels/<name>`` is the zarr array at ``labels_path``.
 
-    The pyramid (nearest neighbour, halved per level) is computed by dask from
-    the full-size array, chunk by chunk, on the current dask client if any.
+    The pyramid (nearest neighbour, rows and columns halved per level; a
+    volume keeps its planes, as its Z is usually sampled coarser already) is
+    computed by dask from the full-size array, chunk by chunk, on the current
+    dask client if any.  Axes ``yx``, or ``zyx`` for a volume.
     """
     zarr, da = require("zarr"), require("dask.array")
     writer = _ome_writer()
     full = da.from_zarr(zarr.open_array(str(labels_path), mode="r"))
+    half = (slice(None),) * (full.ndim - 2) + (slice(None, None, 2),) * 2
     pyramid = [full]
-    while len(pyramid) < levels and min(pyramid[-1].shape) >= 2:
-        pyramid.append(pyramid[-1][::2, ::2])
+    while len(pyramid) < levels and min(pyramid[-1].shape[-2:]) >= 2:
+        pyramid.append(pyramid[-1][half])
     root = zarr.open_group(str(out), mode="w-")
     chunks = [tuple(min(c, s) for c, s in zip(full.chunksize, p.shape)) for p in pyramid]
     writer.write_multiscale_labels([p.rechunk(c) for p, c in zip(pyramid, chunks)], root, name,
-                                   axes="yx")
+                                   axes="zyx"[-full.ndim:])
     return Path(out)
 
 
 def write_masks_tiff(labels_path, out, *, overwrite=False):
     """A tiled, zlib-compressed (Big)TIFF of the zarr labels, written tile by tile.
 
-    uint16 when every label is below 65535 (as :func:`cellpose_nb.export.write_masks_tif`),
-    else uint32 (int64 labels beyond 2**32 - 1 cells raise).
+    A volume is one page per plane (axes ``ZYX`` in tifffile's metadata, which
+    Fiji and napari read).  uint16 when every label is below 65535 (as
+    :func:`cellpose_nb.export.write_masks_tif`), else uint32 (int64 labels
+    beyond 2**32 - 1 cells raise).
     """
     import tifffile
 
@@ -327,31 +380,37 @@ def write_masks_tiff(labels_path, out, *, overwrite=False):
     dtype = np.uint16 if n_max < np.iinfo(np.uint16).max else np.uint32
     if n_max > np.iinfo(np.uint32).max:
         raise ValueError(f"{n_max} cells do not fit a uint32 TIFF; write zarr or OME-Zarr instead")
-    rows, cols = arr.shape
+    shape = arr.shape
+    planes = [()] if arr.ndim == 2 else [(z,) for z in range(shape[0])]
+    rows, cols = shape[-2:]
 
     def tiles():
-        for r in range(0, rows, TIFF_TILE):
-            for c in range(0, cols, TIFF_TILE):
-                tile = np.zeros((TIFF_TILE, TIFF_TILE), dtype)
-                part = arr[r:r + TIFF_TILE, c:c + TIFF_TILE]
-                tile[:part.shape[0], :part.shape[1]] = part
-                yield tile
+        for plane in planes:
+            for r in range(0, rows, TIFF_TILE):
+                for c in range(0, cols, TIFF_TILE):
+                    tile = np.zeros((TIFF_TILE, TIFF_TILE), dtype)
+                    part = arr[(*plane, slice(r, r + TIFF_TILE), slice(c, c + TIFF_TILE))]
+                    tile[:part.shape[0], :part.shape[1]] = part
+                    yield tile
 
-    big = rows * cols * np.dtype(dtype).itemsize > 2 ** 31
+    big = int(np.prod(shape)) * np.dtype(dtype).itemsize > 2 ** 31
     return write_file(out, lambda tmp: tifffile.imwrite(
-        tmp, tiles(), shape=(rows, cols), dtype=dtype, tile=(TIFF_TILE, TIFF_TILE),
-        compression="zlib", bigtiff=big), overwrite=overwrite)
+        tmp, tiles(), shape=shape, dtype=dtype, tile=(TIFF_TILE, TIFF_TILE), compression="zlib",
+        bigtiff=big, metadata={"axes": "ZYX"[-arr.ndim:]}), overwrite=overwrite)
 
 
 #: the columns of the block-wise cell table: export.CSV_COLUMNS, then the bounding box
 CELL_TABLE_COLUMNS = ("label", "area", "centroid_row", "centroid_col", "equivalent_diameter",
                       "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col")
+#: ... of a volume: export3d.CSV_COLUMNS_3D, then the diameter of the ball of that volume
+CELL_TABLE_COLUMNS_3D = (*CSV_COLUMNS_3D, "equivalent_diameter")
 
 
 def write_cells_table(path, cells, *, overwrite=False):
     """Write the stitched cell table (:func:`~cellpose_nb.distributed.stitch.merge_tables`) as CSV.
 
-    The first columns are those of :func:`cellpose_nb.export.write_cells_csv`.
+    The first columns are those of :func:`cellpose_nb.export.write_cells_csv`
+    (of :func:`cellpose_nb.export3d.write_cells_csv_3d` for a volume).
 
     Examples
     --------
@@ -365,12 +424,13 @@ def write_cells_table(path, cells, *, overwrite=False):
 
     from cellpose_nb.atomic import write_file
 
-    columns = [np.asarray(cells[k]) for k in CELL_TABLE_COLUMNS]
+    names = CELL_TABLE_COLUMNS_3D if "volume" in cells else CELL_TABLE_COLUMNS
+    columns = [np.asarray(cells[k]) for k in names]
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(CELL_TABLE_COLUMNS)
+            writer.writerow(names)
             writer.writerows(zip(*(c.tolist() for c in columns)))
 
     return write_file(path, write, overwrite=overwrite)

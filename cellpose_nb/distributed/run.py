@@ -1,4 +1,4 @@
-"""Block-wise segmentation of one large image on dask.distributed: :func:`segment_large`.
+"""Block-wise segmentation of one large image or volume on dask.distributed: :func:`segment_large`.
 
 The steps, each a set of dask tasks that read from and write to stores:
 
@@ -9,7 +9,8 @@ The steps, each a set of dask tasks that read from and write to stores:
    ``invert="auto"`` decision, and the diameter (given, or estimated once by
    the size model on a central ``DIAMETER_CROP`` crop).
 2. *Segment*: every block's extended region (core + halo, see
-   :mod:`.blocks`) through :func:`~cellpose_nb.predict.segment` on a worker,
+   :mod:`.blocks`) through :func:`~cellpose_nb.predict.segment` on a worker
+   (of a volume: 2.5D, ``do_3d=True``, with a halo of as many micrometres in Z),
    with the model loaded once per worker; its labels, its core's table and
    its label count go to the work store ``.<out name>.blocks.zarr`` next to
    ``out``.  The count is the block's done record: a re-run with the same
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import shutil
 import warnings
 from pathlib import Path
@@ -35,6 +37,7 @@ import numpy as np
 
 from cellpose_nb.distributed.blocks import (
     BLOCK_SIZE,
+    _ints,
     block_grid,
     grid_shape,
     grid_step,
@@ -56,6 +59,8 @@ __all__ = [
     "MASK_FORMATS",
     "NORM_SAMPLE_PIXELS",
     "LargeSegmentation",
+    "block_sizes",
+    "halos",
     "masks_format_of",
     "segment_large",
     "work_store_for",
@@ -80,7 +85,8 @@ class LargeSegmentation(NamedTuple):
     cells : dict of str -> ndarray
         One row per cell 1..N: see :func:`~cellpose_nb.distributed.stitch.merge_tables`.
     diameter : float
-    halo : int
+    halo : tuple of int
+        Per axis, as ``block_size``.
     block_size : tuple of int
     n_blocks : int
     n_resumed : int
@@ -93,7 +99,7 @@ class LargeSegmentation(NamedTuple):
     n_cells: int
     cells: dict
     diameter: float
-    halo: int
+    halo: tuple
     block_size: tuple
     n_blocks: int
     n_resumed: int
@@ -128,8 +134,9 @@ def work_store_for(out) -> Path:
     return out.parent / f".{out.name}.blocks.zarr"
 
 
-def _percentile_knobs(sample, channels, invert, normalize):
-    """(low, high, invert) of the network's two channels from a pixel sample."""
+def _percentile_knobs(sample, channels, invert, normalize, volume=False):
+    """(low, high, invert) of the network's two channels from a pixel sample (of a volume:
+    its planes stacked as one tall image, as :func:`~cellpose_nb.predict.volume_input`)."""
     from cellpose_nb.normalize import (
         LOW_PERCENTILE,
         dark_objects,
@@ -137,6 +144,8 @@ def _percentile_knobs(sample, channels, invert, normalize):
         upper_percentile,
     )
 
+    if volume:
+        sample = sample.reshape(-1, *sample.shape[2:])
     x = to_network_input(sample, channels=channels, normalize=False)
     low, high = [], []
     for k in range(2):
@@ -162,21 +171,25 @@ def _sample(client, source, task_source):
     """A regular sample of the image's pixels, read by the workers block by block."""
     from cellpose_nb.distributed._worker import sample_task
 
-    rows, cols = source.shape
-    step = max(1, math.ceil(math.sqrt(rows * cols / NORM_SAMPLE_PIXELS)))
+    step = max(1, math.ceil((math.prod(source.shape) / NORM_SAMPLE_PIXELS) ** (1 / source.ndim)))
     size = max(BLOCK_SIZE, step)
     size -= size % step  # block starts on the sample grid
     blocks = block_grid(source.shape, size)
     parts = client.gather([client.submit(sample_task, task_source, b.core, step, _pixels(source, b.core),
                                          pure=False) for b in blocks])
-    shape = grid_shape(blocks)
-    rows_of = [np.concatenate([parts[i * shape[1] + j] for j in range(shape[1])], axis=1)
-               for i in range(shape[0])]
-    return np.concatenate(rows_of, axis=0), step
+    shape = [-(-n // step) for n in source.shape]
+    extra = (source.n_channels,) if source.n_channels else ()
+    out = np.empty((*shape, *extra), source.dtype)
+    for b, part in zip(blocks, parts):
+        out[tuple(slice(c.start // step, c.start // step + n) for c, n in zip(b.core, part.shape))] = part
+    return out, step
 
 
 def _central_crop(shape, size=DIAMETER_CROP):
-    return tuple(slice(max(0, (n - size) // 2), min(n, (n - size) // 2 + size)) for n in shape)
+    """The central ``size`` crop of an image; of a volume, on its middle plane."""
+    plane = (slice(shape[0] // 2, shape[0] // 2 + 1),) if len(shape) == 3 else ()
+    return plane + tuple(slice(max(0, (n - size) // 2), min(n, (n - size) // 2 + size))
+                         for n in shape[-2:])
 
 
 def _prepare_work(work, params, blocks, halo, block_size, overwrite):
@@ -196,12 +209,12 @@ def _prepare_work(work, params, blocks, halo, block_size, overwrite):
                                       "not a work store of ours); remove it or pass overwrite=True")
             shutil.rmtree(work)
     group = zarr.open_group(str(work), mode="a")
-    n_rows, n_cols = grid_shape(blocks)
-    eh, ew = block_size[0] + 2 * halo, block_size[1] + 2 * halo
+    grid = grid_shape(blocks)
+    ext = tuple(b + 2 * h for b, h in zip(block_size, halo))
     if "count" not in group:
-        group.create_array("ext", shape=(n_rows, n_cols, eh, ew), chunks=(1, 1, eh, ew),
+        group.create_array("ext", shape=(*grid, *ext), chunks=(1,) * len(grid) + ext,
                            dtype="int32", fill_value=0)
-        group.create_array("count", shape=(n_rows, n_cols), chunks=(1, 1), dtype="int64",
+        group.create_array("count", shape=grid, chunks=(1,) * len(grid), dtype="int64",
                            fill_value=-1)
         group.attrs["params"] = text
     (work / TABLE_FOLDER).mkdir(exist_ok=True)
@@ -226,16 +239,17 @@ def _run_tasks(client, futures, what, work, progress):
 
 def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, halo=None,
                   channels=None, channel_axis=None, invert=None, component=None, config=None,
+                  do_3d=False, anisotropy=None, z_axis=None,
                   client=None, scheduler=None, n_workers=None, device=None,
                   min_iou=STITCH_IOU, min_contained=STITCH_CONTAINED, overwrite=False, keep_work=False,
                   progress=False, **knobs):
-    """Segment an image larger than memory block by block on dask.distributed.
+    """Segment an image or volume larger than memory block by block on dask.distributed.
 
     Parameters
     ----------
     image : str, Path, zarr array, dask array or ndarray
         See :func:`~cellpose_nb.distributed.io.open_image` (``channel_axis``,
-        ``component``).
+        ``component``, ``z_axis``).
     model : str, Path or CellposeUNet
         A model name (``"nuclei"``), a model folder or ``cellpose:NAME``
         (loaded by each worker), or a model object (sent to each worker once).
@@ -245,12 +259,20 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
     diameter : float, optional
         Cell diameter in pixels, the same for every block.  None: estimated
         once by the model's size model on the central crop (see ``notes``).
-    block_size : int or (int, int)
-        Core side(s) in pixels; need not divide the image.
-    halo : int, optional
-        Default: :func:`~cellpose_nb.distributed.blocks.halo_for` the diameter.
+    block_size : int or tuple of int
+        Core side(s) in pixels (planes, rows, cols for a volume); need not
+        divide the image, and must not be smaller than the halo where the
+        image has more than one block.
+    halo : int or tuple of int, optional
+        Default: :func:`~cellpose_nb.distributed.blocks.halo_for` the diameter;
+        in a volume's Z, one int is divided by the anisotropy (the same
+        micrometres).
     channels, invert, config, **knobs
         As :func:`~cellpose_nb.predict.segment`.
+    do_3d, anisotropy, z_axis
+        A volume, segmented block by block in 2.5D (as ``segment(...,
+        do_3d=True, anisotropy=...)``); the diameter is estimated, when not
+        given, on the middle plane.
     client, scheduler, n_workers
         See :func:`~cellpose_nb.distributed.cluster.connect`.
     device : str, optional
@@ -280,6 +302,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
     )
     from cellpose_nb.predict import PAD_MULTIPLE, SegmentConfig, input_knobs
     from cellpose_nb.predict.diameter import check_diameter
+    from cellpose_nb.predict.volume import ANISOTROPY, MIN_SIDE_3D, _check_anisotropy, resampled_shape
 
     if config is not None and not isinstance(config, SegmentConfig):
         raise TypeError(f"config must be a SegmentConfig; got {type(config).__name__}")
@@ -288,7 +311,11 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
     fmt = masks_format_of(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-    source = open_image(image, channel_axis=channel_axis, component=component)
+    if not do_3d and (anisotropy is not None or z_axis is not None):
+        raise ValueError("anisotropy and z_axis are for volumes: pass do_3d=True")
+    aniso = _check_anisotropy(ANISOTROPY if anisotropy is None else anisotropy)
+    source = open_image(image, channel_axis=channel_axis, component=component, z_axis=z_axis,
+                        volume=do_3d)
     local = model if not isinstance(model, (str, Path)) else _load_on_client(model)
     channels, invert = input_knobs(local, channels, invert)
     diam_mean = float(local.config.diam_mean)
@@ -298,7 +325,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
     with connect(client, scheduler, n_workers=n_workers) as cl:
         # 1. image-wide knobs: percentiles, inversion, diameter, halo
         sample, step = _sample(cl, source, task_source)
-        low, high, inv = _percentile_knobs(sample, channels, invert, cfg.normalize)
+        low, high, inv = _percentile_knobs(sample, channels, invert, cfg.normalize, volume=do_3d)
         del sample
         if step > 1:
             notes.append(f"intensity percentiles from every {step}th pixel")
@@ -307,7 +334,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
                                        device), name=plugin)
         try:
             job = Job(task_source, "", plugin, 0.0, tuple(channels), low, high, inv,
-                      cfg.replace(normalize=False), low[1] is not None)
+                      cfg.replace(normalize=False), low[1] is not None, do_3d, aniso)
             if diameter is None:
                 crop = _central_crop(source.shape)
                 d = cl.submit(diameter_task, job, crop, _pixels(source, crop), pure=False).result()
@@ -317,27 +344,39 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
                                   UserWarning, stacklevel=2)
                     d = diam_mean
                 else:
-                    notes.append(f"diameter {d:.1f} px estimated on the central "
-                                 f"{crop[0].stop - crop[0].start} x {crop[1].stop - crop[1].start} crop")
+                    where = "the middle plane's" if do_3d else "the"
+                    notes.append(f"diameter {d:.1f} px estimated on {where} central "
+                                 f"{crop[-2].stop - crop[-2].start} x {crop[-1].stop - crop[-1].start} crop")
                 diameter = d
-            diameter = check_diameter(diameter, source.shape, diam_mean)
-            bsize = tuple(int(v) for v in (np.broadcast_to(block_size, 2)))
+            diameter = check_diameter(diameter, source.shape[-2:], diam_mean)
+            bsize = block_sizes(block_size, source.ndim)
             step = grid_step(diameter, diam_mean, PAD_MULTIPLE)
-            if halo is None:
-                halo = halo_for(diameter, multiple=step)
-                if step > 1 and all(b % step == 0 for b in bsize):
-                    notes.append(f"blocks on the network's grid ({step} px): the same network "
-                                 "outputs as the whole image")
+            if halo is None and not do_3d and step > 1 and all(b % step == 0 for b in bsize):
+                notes.append(f"blocks on the network's grid ({step} px): the same network "
+                             "outputs as the whole image")
+            # a volume is resampled in Z as well, so its blocks cannot keep the network's grid
+            halo = halos(diameter, halo, source.ndim, aniso, multiple=1 if do_3d else step)
+            _check_blocks(source.shape, bsize, halo, diameter)
             # 2. segment the blocks not done by an earlier run of the same settings
-            blocks = block_grid(source.shape, bsize, int(halo))
+            blocks = block_grid(source.shape, bsize, halo)
+            if do_3d:  # the smallest extended region must still hold slices the network can read
+                smallest = tuple(min(b.ext_shape[k] for b in blocks) for k in range(3))
+                small = resampled_shape(smallest, diam_mean / diameter, aniso)
+                if min(small) < MIN_SIDE_3D:
+                    raise ValueError(f"the smallest block of the volume, {smallest} voxels with its "
+                                     f"halo, becomes {small} at the model's scale and anisotropy "
+                                     f"({aniso:g}); every axis must be at least {MIN_SIDE_3D}: use "
+                                     "larger blocks (or whole planes: a block_size of the volume's depth)")
             work = work_store_for(out)
             params = {"image": source.describe(), "model": str(model) if isinstance(model, (str, Path))
-                      else type(model).__name__, "diameter": diameter, "halo": halo,
+                      else type(model).__name__, "diameter": diameter,
+                      "halo": halo[0] if len(set(halo)) == 1 and not do_3d else list(halo),
                       "block_size": list(bsize), "channels": [str(c) for c in channels],
                       "low": low, "high": high, "invert": inv, "config": repr(job.config)}
+            if do_3d:  # (2-D runs keep the keys of earlier versions: their work stores resume)
+                params.update(do_3d=True, anisotropy=aniso)
             group = _prepare_work(work, params, blocks, halo, bsize, overwrite)
-            job = Job(task_source, str(work), plugin, float(diameter), tuple(channels), low, high, inv,
-                      job.config, low[1] is not None)
+            job = dataclasses.replace(job, work=str(work), diameter=float(diameter))
             counts = np.asarray(group["count"][:])
             todo = [b for b in blocks if counts[b.index] < 0]
             futures = {b.index: cl.submit(segment_task, job, b, _pixels(source, b.ext), pure=False)
@@ -348,8 +387,9 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
             # 3. stitch: match neighbours in their shared halos, global ids 1..N
             tables = [read_table(str(work), b) for b in blocks]
             pairs = neighbour_pairs(blocks)
+            margin = tuple(max(1, h // 2) for h in halo)
             matched = _run_tasks(cl, {(a, b): cl.submit(match_task, job, blocks[a], blocks[b], min_iou,
-                                                       max(1, int(halo) // 2), min_contained, pure=False) for a, b in pairs},
+                                                       margin, min_contained, pure=False) for a, b in pairs},
                                  "stitch", work, False)
             luts, n_cells = global_labels([counts[b.index] for b in blocks],
                                           [(a, b, p) for (a, b), p in matched.items()],
@@ -373,6 +413,44 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
         shutil.rmtree(work, ignore_errors=True)
     return LargeSegmentation(out, n_cells, cells, float(diameter), halo, bsize, len(blocks),
                              len(blocks) - len(todo), tuple(notes))
+
+
+def block_sizes(block_size, ndim) -> tuple:
+    """``block_size`` (one int, or one per axis) as ``ndim`` core sides.
+
+    Examples
+    --------
+    >>> block_sizes(512, 2), block_sizes((32, 256, 256), 3)
+    ((512, 512), (32, 256, 256))
+    """
+    return _ints(block_size, "block_size", ndim)
+
+
+def halos(diameter, halo, ndim, anisotropy, *, multiple=1) -> tuple:
+    """The halo per axis: ``halo_for`` the diameter (or the ``halo`` given, one int or one
+    per axis); a volume's Z halo is the in-plane one over the anisotropy (the same length).
+
+    Examples
+    --------
+    >>> halos(34.0, None, 2, 1.0, multiple=32), halos(10.0, None, 3, 2.0), halos(10.0, (4, 8, 8), 3, 1.0)
+    ((96, 96), (10, 20, 20), (4, 8, 8))
+    """
+    if halo is None or isinstance(halo, numbers.Integral):
+        xy = halo_for(diameter, multiple=multiple) if halo is None else int(halo)
+        z = (math.ceil(xy / anisotropy),) if ndim == 3 else ()
+        return (*z, xy, xy)
+    return _ints(halo, "halo", ndim)
+
+
+def _check_blocks(shape, block_size, halo, diameter):
+    """A block smaller than its halo is refused where the image has more than one block."""
+    for n, b, h, axis in zip(shape, block_size, halo, ("planes", "rows", "cols")[-len(shape):]):
+        if h < 0:
+            raise ValueError(f"halo must be >= 0; got {h}")
+        if n > b and b < h:
+            raise ValueError(f"block_size {b} ({axis}) is smaller than the halo of {h} px that "
+                             f"cells of {diameter:g} px need: every block would segment more halo "
+                             f"than core; use blocks of at least {h} px there")
 
 
 def _load_on_client(spec):

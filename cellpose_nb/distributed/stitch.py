@@ -44,11 +44,13 @@ import numpy as np
 __all__ = [
     "STITCH_CONTAINED",
     "STITCH_IOU",
+    "AXIS_NAMES",
     "TABLE_COLUMNS",
     "block_table",
     "global_labels",
     "match_labels",
     "merge_tables",
+    "table_columns",
 ]
 
 #: two labels of neighbouring blocks are one cell when their IoU in the shared region is at least this
@@ -56,27 +58,41 @@ STITCH_IOU = 0.5
 #: ... or when the smaller one has no such partner and this share of it lies inside the other
 #: (the blocks disagree about the cell: it is kept whole rather than cut at the line)
 STITCH_CONTAINED = 0.5
-#: columns of block_table, one row per block-local label (row 0: background, unused)
+#: columns of block_table for an image, one row per block-local label (row 0: background, unused)
 TABLE_COLUMNS = ("area", "sum_row", "sum_col", "min_row", "min_col", "max_row", "max_col")
+#: names of the axes in the tables of an image (the last two) and of a volume (all three)
+AXIS_NAMES = ("plane", "row", "col")
 
 
-def block_table(core_labels, origin=(0, 0), n_labels=None) -> np.ndarray:
+def table_columns(ndim=2) -> tuple:
+    """The columns of :func:`block_table` for an image (``ndim=2``) or a volume (3).
+
+    Examples
+    --------
+    >>> table_columns(2) == TABLE_COLUMNS, table_columns(3)[:4]
+    (True, ('area', 'sum_plane', 'sum_row', 'sum_col'))
+    """
+    axes = AXIS_NAMES[-ndim:]
+    return ("area", *(f"{w}_{a}" for w in ("sum", "min", "max") for a in axes))
+
+
+def block_table(core_labels, origin=None, n_labels=None) -> np.ndarray:
     """Area, coordinate sums and bounding box of every label of one core.
 
     Parameters
     ----------
-    core_labels : ndarray (h, w) of int
+    core_labels : ndarray (h, w), or (d, h, w), of int
         Block-local labels 0..n of the core.
-    origin : (int, int)
-        Image coordinates of the core's first pixel.
+    origin : tuple of int, optional
+        Image coordinates of the core's first pixel (default: zeros).
     n_labels : int, optional
         The block's number of labels (default: the core's largest); labels
         of the halo alone get rows of zeros.
 
     Returns
     -------
-    ndarray (n + 1, 7) of int64
-        :data:`TABLE_COLUMNS`; ``max_*`` exclusive; a label absent from the
+    ndarray (n + 1, 1 + 3 * ndim) of int64
+        :func:`table_columns`; ``max_*`` exclusive; a label absent from the
         core has area 0 (and a bounding box of zeros).
 
     Examples
@@ -88,19 +104,24 @@ def block_table(core_labels, origin=(0, 0), n_labels=None) -> np.ndarray:
     from scipy import ndimage
 
     lab = np.asarray(core_labels)
+    ndim = lab.ndim
+    origin = (0,) * ndim if origin is None else tuple(origin)
     n = int(lab.max(initial=0)) if n_labels is None else int(n_labels)
     if lab.max(initial=0) > n:
         raise ValueError(f"the core has label {int(lab.max())} above n_labels={n}")
     flat = lab.ravel()
-    rows, cols = np.indices(lab.shape)
-    table = np.zeros((n + 1, len(TABLE_COLUMNS)), np.int64)
+    table = np.zeros((n + 1, 1 + 3 * ndim), np.int64)
     table[:, 0] = np.bincount(flat, minlength=n + 1)
-    table[:, 1] = np.bincount(flat, weights=rows.ravel() + origin[0], minlength=n + 1).round()
-    table[:, 2] = np.bincount(flat, weights=cols.ravel() + origin[1], minlength=n + 1).round()
-    for k, box in enumerate(ndimage.find_objects(lab.astype(np.int64, copy=False)), start=1):
+    for k in range(ndim):  # coordinate sums, one axis at a time (no (ndim, size) index array)
+        coord = np.arange(lab.shape[k], dtype=np.float64) + origin[k]
+        shape = [1] * ndim
+        shape[k] = -1
+        weights = np.broadcast_to(coord.reshape(shape), lab.shape).ravel()
+        table[:, 1 + k] = np.bincount(flat, weights=weights, minlength=n + 1).round()
+    for label, box in enumerate(ndimage.find_objects(lab.astype(np.int64, copy=False)), start=1):
         if box is not None:
-            table[k, 3:] = (box[0].start + origin[0], box[1].start + origin[1],
-                            box[0].stop + origin[0], box[1].stop + origin[1])
+            table[label, 1 + ndim:] = ([s.start + o for s, o in zip(box, origin)]
+                                       + [s.stop + o for s, o in zip(box, origin)])
     return table
 
 
@@ -229,10 +250,13 @@ def merge_tables(tables, luts, n_cells) -> dict:
     Returns
     -------
     dict of str -> ndarray (n_cells,)
-        ``label`` (1..N), ``area``, ``centroid_row``, ``centroid_col``,
+        An image: ``label`` (1..N), ``area``, ``centroid_row``, ``centroid_col``,
         ``equivalent_diameter`` (of the disc of the same area, as
         :func:`cellpose_nb.export.cell_table`), ``bbox_min_row``,
-        ``bbox_min_col``, ``bbox_max_row``, ``bbox_max_col`` (exclusive).
+        ``bbox_min_col``, ``bbox_max_row``, ``bbox_max_col`` (exclusive).  A
+        volume: the columns of :func:`cellpose_nb.export3d.cell_table_3d`
+        (``volume``, ``centroid_z``, ..., ``bbox_z0`` ... ``bbox_col1``) and the
+        ``equivalent_diameter`` of the ball of that volume.
 
     Examples
     --------
@@ -241,21 +265,32 @@ def merge_tables(tables, luts, n_cells) -> dict:
     >>> int(cells["area"][0]), float(cells["centroid_col"][0]), int(cells["bbox_max_col"][0])
     (3, 1.0, 3)
     """
+    tables = [np.asarray(t, np.int64) for t in tables]
+    ndim = (tables[0].shape[1] - 1) // 3 if tables else 2
     big = np.iinfo(np.int64).max
-    acc = np.zeros((n_cells + 1, 3), np.int64)
-    lo = np.full((n_cells + 1, 2), big, np.int64)
-    hi = np.zeros((n_cells + 1, 2), np.int64)
+    acc = np.zeros((n_cells + 1, 1 + ndim), np.int64)
+    lo = np.full((n_cells + 1, ndim), big, np.int64)
+    hi = np.zeros((n_cells + 1, ndim), np.int64)
     for table, lut in zip(tables, luts):
-        table = np.asarray(table, np.int64)
         keep = (table[:, 0] > 0) & (lut > 0)
         ids, rows = lut[keep], table[keep]
-        np.add.at(acc, ids, rows[:, :3])
-        np.minimum.at(lo, ids, rows[:, 3:5])
-        np.maximum.at(hi, ids, rows[:, 5:7])
+        np.add.at(acc, ids, rows[:, :1 + ndim])
+        np.minimum.at(lo, ids, rows[:, 1 + ndim:1 + 2 * ndim])
+        np.maximum.at(hi, ids, rows[:, 1 + 2 * ndim:])
     area = acc[1:, 0]
     safe = np.maximum(area, 1)
-    return {"label": np.arange(1, n_cells + 1, dtype=np.int64), "area": area,
-            "centroid_row": acc[1:, 1] / safe, "centroid_col": acc[1:, 2] / safe,
-            "equivalent_diameter": np.sqrt(4.0 * area / np.pi),
-            "bbox_min_row": lo[1:, 0], "bbox_min_col": lo[1:, 1],
-            "bbox_max_row": hi[1:, 0], "bbox_max_col": hi[1:, 1]}
+    centroids = [acc[1:, 1 + k] / safe for k in range(ndim)]
+    label = np.arange(1, n_cells + 1, dtype=np.int64)
+    if ndim == 2:
+        return {"label": label, "area": area, "centroid_row": centroids[0], "centroid_col": centroids[1],
+                "equivalent_diameter": np.sqrt(4.0 * area / np.pi),
+                "bbox_min_row": lo[1:, 0], "bbox_min_col": lo[1:, 1],
+                "bbox_max_row": hi[1:, 0], "bbox_max_col": hi[1:, 1]}
+    # a volume: the names of cellpose_nb.export3d.cell_table_3d, and the ball's diameter
+    axes = ("z", "row", "col")
+    cells = {"label": label, "volume": area}
+    cells.update({f"centroid_{a}": c for a, c in zip(axes, centroids)})
+    cells.update({f"bbox_{a}0": lo[1:, k] for k, a in enumerate(axes)})
+    cells.update({f"bbox_{a}1": hi[1:, k] for k, a in enumerate(axes)})
+    cells["equivalent_diameter"] = np.cbrt(6.0 * area / np.pi)
+    return cells
