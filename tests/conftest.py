@@ -32,6 +32,15 @@ def one_torch_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(scope="module")
+def client():
+    """A 2-worker dask ``LocalCluster`` of single-threaded processes (the distributed extra)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def cellpose_ref():
     """The reference package ``cellpose`` (3.1.1.2), imported with its noise silenced."""

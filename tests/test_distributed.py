@@ -27,13 +27,6 @@ SPLIT_SHARE = 0.2  # a predicted label covering this much of a true cell counts 
 
 
 @pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def nuclei():
     from cellpose_nb.model import load_pretrained
 
@@ -193,6 +186,75 @@ def test_bad_arguments_fail_before_work(small, client, tmp_path):
     with pytest.raises(TypeError, match="unknown segment knob"):
         segment_large(path, "nuclei", out=tmp_path / "m.zarr", client=client, augmnet=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_scheduler_is_named_within_seconds(small, tmp_path):
+    import time
+
+    from cellpose_nb.distributed import segment_large
+
+    path, _ = small
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="cannot reach the dask scheduler at tcp://127.0.0.1:9 within"):
+        segment_large(path, "nuclei", out=tmp_path / "m.zarr", diameter=DIAMETER, scheduler="tcp://127.0.0.1:9")
+    assert time.monotonic() - t0 < 20  # the 5 s timeout, the model loaded on the client first
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_or_corrupt_chunk_is_named_before_any_block_is_segmented(small, client, tmp_path):
+    import shutil
+
+    from cellpose_nb.distributed import segment_large
+
+    path, _ = small  # 600 x 520 in chunks of 200: 3 x 3 chunks, stored as c/<row>/<col>
+    holes, bad = tmp_path / "holes.zarr", tmp_path / "bad.zarr"
+    shutil.copytree(path, holes)
+    (holes / "c" / "1" / "2").unlink()
+    with pytest.raises(ValueError, match="holes.zarr: 1 of 9 chunks are missing"):
+        segment_large(holes, "nuclei", out=tmp_path / "m.zarr", diameter=DIAMETER, client=client)
+    shutil.copytree(path, bad)
+    (bad / "c" / "1" / "2").write_bytes(b"not a chunk")
+    with pytest.raises(ValueError, match=r"bad.zarr .*cannot read the pixels of rows 0:600, cols 0:520"):
+        segment_large(bad, "nuclei", out=tmp_path / "m.zarr", diameter=DIAMETER, client=client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zarr", "holes.zarr"]  # no work store
+
+
+def test_a_worker_that_dies_mid_run_loses_only_its_block(small, tmp_path):
+    import os
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cellpose_nb.distributed import segment_large
+    from cellpose_nb.distributed.run import work_store_for
+
+    path, _ = small
+    out = tmp_path / "m.zarr"
+    kw = dict(diameter=DIAMETER, block_size=200)  # 9 blocks
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+        before = set(c.scheduler_info()["workers"])
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(segment_large, path, "nuclei", out=out, client=c, **kw)
+            counts = work_store_for(out) / "count"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # the first block done: the others are under way
+                try:
+                    if (zarr.open_array(str(counts), mode="r")[:] >= 0).any():
+                        break
+                except Exception:  # the work store is not there yet
+                    pass
+                time.sleep(0.2)
+            busy = [w for w, tasks in c.processing().items() if tasks]
+            assert busy, "no block was running when the worker was to die"
+            pid = c.run(os.getpid, workers=busy[:1])[busy[0]]
+            os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
+            res = run.result(timeout=300)
+        after = set(c.scheduler_info()["workers"])
+    assert busy[0] not in after and len(after) == 2 and before != after  # the nanny restarted it
+    again = segment_large(path, "nuclei", out=tmp_path / "again.zarr", client=None, n_workers=1, **kw)
+    np.testing.assert_array_equal(zarr.open_array(str(res.path))[:], zarr.open_array(str(again.path))[:])
+    assert res.n_cells == again.n_cells and res.n_resumed == 0
 
 
 # --- the command line ----------------------------------------------------------------------

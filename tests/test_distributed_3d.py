@@ -26,13 +26,6 @@ SPLIT_SHARE = 0.2  # a predicted label covering this much of a true nucleus is a
 
 
 @pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def volume(tmp_path_factory):
     import torch
 
@@ -156,3 +149,15 @@ def test_volume_on_the_command_line(client, tmp_path, capsys):
     assert len(rows) == masks.max() and int(rows[0]["volume"]) == int((masks == 1).sum())
     assert main(["segment", str(tif), "--out", str(out), "--stitch-threshold", "0.5", "--dask"]) == 2
     assert "--stitch-threshold does not work with --dask" in capsys.readouterr().err
+    # a folder of stacks on the workers: the serial command's files, stack by stack
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    tif.rename(folder / "stack.tif")
+    volume = ["--diameter", str(NUCLEUS), "--3d", "--anisotropy", str(ANISOTROPY)]
+    assert main(["segment", str(folder), "--out", str(tmp_path / "serial"), *volume]) == 0
+    assert main(["segment", str(folder), "--out", str(tmp_path / "dask"), *volume, "--dask",
+                 "--scheduler", client.scheduler.address]) == 0
+    serial = sorted(p.name for p in (tmp_path / "serial").iterdir())
+    assert serial == sorted(p.name for p in (tmp_path / "dask").iterdir()) and "stack_seg.npy" in serial
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "serial" / "stack_masks.tif"),
+                                  tifffile.imread(tmp_path / "dask" / "stack_masks.tif"))

@@ -33,7 +33,8 @@ PENDING = [-1, -1]  # marker stamp of an output being written by a block-wise ru
 
 
 def add_dask_options(parser):
-    """``--dask``, ``--scheduler``, ``--workers``, ``--block-size``, ``--masks-format``."""
+    """``--dask``, ``--scheduler``, ``--workers``, ``--block-size``, ``--masks-format``,
+    ``--allow-missing-chunks``."""
     g = parser.add_argument_group("dask.distributed (large images, folders on a cluster)")
     g.add_argument("--dask", action="store_true",
                    help="large TIFF/zarr images block-wise, folders image by image, on dask workers")
@@ -46,6 +47,8 @@ def add_dask_options(parser):
                    help="block side in pixels for large images")
     g.add_argument("--masks-format", default=MASK_FORMATS[0], choices=MASK_FORMATS,
                    help="how the masks of a large image are written")
+    g.add_argument("--allow-missing-chunks", action="store_true",
+                   help="segment a zarr store with chunks never written (read as its fill value)")
 
 
 def wants_dask(args) -> bool:
@@ -54,7 +57,8 @@ def wants_dask(args) -> bool:
         return True
     given = [name for name, default in (("--scheduler", None), ("--workers", None),
                                         ("--block-size", BLOCK_SIZE),
-                                        ("--masks-format", MASK_FORMATS[0]))
+                                        ("--masks-format", MASK_FORMATS[0]),
+                                        ("--allow-missing-chunks", False))
              if getattr(args, name[2:].replace("-", "_"), default) != default]
     if given:
         raise ValueError(f"{', '.join(given)} only work with --dask")
@@ -166,6 +170,7 @@ def _run_large(args, images, config, client, serial, volume):
                                 channel_axis=args.channel_axis, invert=_invert(args), config=config,
                                 client=client, device=args.device, overwrite=True,
                                 progress=sys.stdout.isatty(), do_3d=bool(volume),
+                                allow_missing=args.allow_missing_chunks,
                                 anisotropy=volume.get("anisotropy"), z_axis=volume.get("z_axis"))
         except (ValueError, TypeError, RuntimeError) as exc:
             failed.append(path)

@@ -19,7 +19,7 @@ import os
 
 from cellpose_nb.distributed.io import require
 
-__all__ = ["THREADS_PER_WORKER", "WORKER_MEMORY", "connect", "local_cluster_options"]
+__all__ = ["CONNECT_TIMEOUT", "THREADS_PER_WORKER", "WORKER_MEMORY", "connect", "local_cluster_options"]
 
 #: memory limit of a local worker: a block of BLOCK_SIZE with its halo, the model and torch fit
 WORKER_MEMORY = 2 * 2 ** 30
@@ -27,6 +27,8 @@ WORKER_MEMORY = 2 * 2 ** 30
 THREADS_PER_WORKER = 1
 #: share of the machine's memory that local workers may take together
 MEMORY_SHARE = 0.8
+#: seconds to wait for a scheduler address to answer before saying it cannot be reached
+CONNECT_TIMEOUT = 5
 
 
 def local_cluster_options(n_workers=None, *, cpu_count=None, memory=None) -> dict:
@@ -76,9 +78,11 @@ def connect(client=None, scheduler=None, *, n_workers=None, dashboard_address=":
         return
     if scheduler is not None:
         try:
-            remote = distributed.Client(scheduler, timeout="30s")
-        except OSError as exc:
-            raise OSError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+            remote = distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT}s")
+        except (OSError, TimeoutError) as exc:  # refused, unknown host, or no answer in time
+            raise OSError(f"cannot reach the dask scheduler at {scheduler} within "
+                          f"{CONNECT_TIMEOUT} s: {' '.join(str(exc).split()) or type(exc).__name__}; "
+                          "is it running, and is the address (tcp://HOST:PORT) right?") from None
         with remote:
             yield remote
         return

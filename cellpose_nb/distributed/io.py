@@ -221,7 +221,8 @@ def _tiff_axes(path):
     return [{"Y": "y", "X": "x", "S": "c", "C": "c", "Q": "c", "Z": "z", "T": "t"}.get(a, a.lower()) for a in axes]
 
 
-def open_image(image, *, channel_axis=None, component=None, z_axis=None, volume=False) -> ImageSource:
+def open_image(image, *, channel_axis=None, component=None, z_axis=None, volume=False,
+               allow_missing=False) -> ImageSource:
     """Describe a large 2-D image, or with ``volume=True`` a 3-D volume, for block-wise reading.
 
     Parameters
@@ -241,6 +242,10 @@ def open_image(image, *, channel_axis=None, component=None, z_axis=None, volume=
         Plane axis of a volume without axis metadata (default 0).
     volume : bool
         The image is a (Z, Y, X) volume, perhaps with channels.
+    allow_missing : bool
+        Accept a zarr array with chunks that were never written (read as its
+        fill value); by default that is an error, as an interrupted copy or
+        conversion leaves such holes.
 
     Returns
     -------
@@ -257,7 +262,7 @@ def open_image(image, *, channel_axis=None, component=None, z_axis=None, volume=
     """
     opts = dict(channel_axis=channel_axis, z_axis=z_axis, volume=bool(volume))
     if isinstance(image, (str, Path)):
-        return _open_path(Path(image), component, **opts)
+        return _open_path(Path(image), component, allow_missing=allow_missing, **opts)
     if type(image).__module__.startswith("dask"):
         kind, arr = "dask", image
     elif isinstance(image, np.ndarray):
@@ -282,7 +287,7 @@ def _source(kind, location, component, arr, index, shape, dtype):
                        int(n_chan), np.dtype(dtype))
 
 
-def _open_path(path, component, *, channel_axis, z_axis, volume):
+def _open_path(path, component, *, channel_axis, z_axis, volume, allow_missing):
     if not path.exists():
         raise FileNotFoundError(f"no such image: {path}")
     zarr = require("zarr")
@@ -320,7 +325,24 @@ def _open_path(path, component, *, channel_axis, z_axis, volume):
         raise TypeError(f"{path} holds dtype {node.dtype}; expected a numeric image")
     index = _axes_index(node.shape, None if given else names, channel_axis, str(path),
                         z_axis=z_axis, volume=volume)
+    if not allow_missing:
+        _check_chunks(node, path, component)
     return _source("zarr", str(path), component, None, index, node.shape, node.dtype)
+
+
+def _check_chunks(node, path, component):
+    """Refuse a zarr array with chunks never written: they would read as the fill value."""
+    try:
+        missing = node.nchunks - node.nchunks_initialized
+    except Exception:  # a store that cannot list its keys: nothing to check
+        return
+    if missing > 0:
+        where = f"{path}" + (f" ({component})" if component else "")
+        raise ValueError(f"{where}: {missing} of {node.nchunks} chunks are missing (never written, or "
+                         f"deleted); zarr would read them as the fill value {np.asarray(node.fill_value).item()!r} and "
+                         "their cells would silently be lost. Re-write the store, or pass "
+                         "allow_missing=True if those chunks are empty on purpose (zarr leaves out "
+                         "chunks that are all fill value)")
 
 
 # --- writers -------------------------------------------------------------------------------

@@ -175,8 +175,16 @@ def _sample(client, source, task_source):
     size = max(BLOCK_SIZE, step)
     size -= size % step  # block starts on the sample grid
     blocks = block_grid(source.shape, size)
-    parts = client.gather([client.submit(sample_task, task_source, b.core, step, _pixels(source, b.core),
-                                         pure=False) for b in blocks])
+    futures = [client.submit(sample_task, task_source, b.core, step, _pixels(source, b.core), pure=False)
+               for b in blocks]
+    require("distributed").wait(futures)
+    for b, f in zip(blocks, futures):
+        if f.status == "error":  # a corrupt chunk, a store gone: before any block is segmented
+            exc = f.exception()
+            raise ValueError(f"{source.describe()}: cannot read the pixels of rows "
+                             f"{b.core[-2].start}:{b.core[-2].stop}, cols {b.core[-1].start}:"
+                             f"{b.core[-1].stop}: {type(exc).__name__}: {exc}") from exc
+    parts = client.gather(futures)
     shape = [-(-n // step) for n in source.shape]
     extra = (source.n_channels,) if source.n_channels else ()
     out = np.empty((*shape, *extra), source.dtype)
@@ -239,7 +247,7 @@ def _run_tasks(client, futures, what, work, progress):
 
 def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, halo=None,
                   channels=None, channel_axis=None, invert=None, component=None, config=None,
-                  do_3d=False, anisotropy=None, z_axis=None,
+                  do_3d=False, anisotropy=None, z_axis=None, allow_missing=False,
                   client=None, scheduler=None, n_workers=None, device=None,
                   min_iou=STITCH_IOU, min_contained=STITCH_CONTAINED, overwrite=False, keep_work=False,
                   progress=False, **knobs):
@@ -249,7 +257,8 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
     ----------
     image : str, Path, zarr array, dask array or ndarray
         See :func:`~cellpose_nb.distributed.io.open_image` (``channel_axis``,
-        ``component``, ``z_axis``).
+        ``component``, ``z_axis``, ``allow_missing``: a zarr store with chunks
+        never written is refused unless it is True).
     model : str, Path or CellposeUNet
         A model name (``"nuclei"``), a model folder or ``cellpose:NAME``
         (loaded by each worker), or a model object (sent to each worker once).
@@ -315,7 +324,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
         raise ValueError("anisotropy and z_axis are for volumes: pass do_3d=True")
     aniso = _check_anisotropy(ANISOTROPY if anisotropy is None else anisotropy)
     source = open_image(image, channel_axis=channel_axis, component=component, z_axis=z_axis,
-                        volume=do_3d)
+                        volume=do_3d, allow_missing=allow_missing)
     local = model if not isinstance(model, (str, Path)) else _load_on_client(model)
     channels, invert = input_knobs(local, channels, invert)
     diam_mean = float(local.config.diam_mean)
@@ -445,12 +454,11 @@ def halos(diameter, halo, ndim, anisotropy, *, multiple=1) -> tuple:
 def _check_blocks(shape, block_size, halo, diameter):
     """A block smaller than its halo is refused where the image has more than one block."""
     for n, b, h, axis in zip(shape, block_size, halo, ("planes", "rows", "cols")[-len(shape):]):
-        if h < 0:
-            raise ValueError(f"halo must be >= 0; got {h}")
         if n > b and b < h:
-            raise ValueError(f"block_size {b} ({axis}) is smaller than the halo of {h} px that "
-                             f"cells of {diameter:g} px need: every block would segment more halo "
-                             f"than core; use blocks of at least {h} px there")
+            unit = "planes" if axis == "planes" else "px"
+            raise ValueError(f"block_size {b} ({axis}) is smaller than the halo of {h} {unit} for "
+                             f"cells of {diameter:g} px: every block would segment more halo than "
+                             f"core; use blocks of at least {h} {unit} there (or a smaller halo=)")
 
 
 def _load_on_client(spec):
