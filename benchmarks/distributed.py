@@ -48,7 +48,6 @@ DIAMETER = 34.0
 TILE = 1024
 SEEDS = 16
 CELLS_PER_TILE = 420
-SPLIT_SHARE = 0.2  # a predicted label covering this share of a true cell is a piece of it
 PEAK_LIMIT_GB = 1.5  # the issue's bound on memory per worker
 
 
@@ -106,19 +105,10 @@ def run_ours(image, out, n_workers, block):
 
 def split_cells(truth, pred, block):
     """True cells crossing a block line, and those of them in two or more predicted pieces."""
-    crossing = set()
-    for line in range(block, truth.shape[0], block):
-        for a, b in ((truth[line - 1, :], truth[line, :]), (truth[:, line - 1], truth[:, line])):
-            crossing |= set(a[(a == b) & (a > 0)].tolist())
-    t, p = truth.ravel(), pred.ravel()
-    keep = np.isin(t, list(crossing))
-    pairs, counts = np.unique(np.stack([t[keep], p[keep]]), axis=1, return_counts=True)
-    area = dict(zip(*np.unique(t[keep], return_counts=True)))
-    pieces = {}
-    for (tc, pc), n in zip(pairs.T, counts):
-        if pc > 0 and n >= SPLIT_SHARE * area[tc]:
-            pieces[tc] = pieces.get(tc, 0) + 1
-    return len(crossing), sum(1 for v in pieces.values() if v > 1)
+    from cellpose_nb.distributed.quality import crossing_labels, split_labels
+
+    crossing = crossing_labels(truth, block)
+    return len(crossing), len(split_labels(truth, pred, crossing))
 
 
 def main():

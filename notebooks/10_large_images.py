@@ -107,7 +107,6 @@ RESUME_UNDONE = 2  # blocks whose "done" record is erased to play an interrupted
 CROP = 512  # side of the small image sent to the cluster by its address (section 8)
 IOU_THRESHOLDS = (0.5, 0.9)  # AP is reported at these IoUs
 MIN_AP_VS_WHOLE = (0.99, 0.97)  # block-wise masks against whole-image `segment`, at those IoUs
-SPLIT_SHARE = 0.2  # a predicted label covering this share of a true cell is a piece of it
 WORK = None  # folder of the zarr stores; None: a temporary folder, removed at the end
 VOLUME = (24, 128, 128) if QUICK else (48, 160, 160)  # (Z, Y, X) of the synthetic volume (section 10)
 VOLUME_BLOCK = (24, 64, 64) if QUICK else (24, 80, 80)  # its blocks: in-plane only (QUICK) or every axis
@@ -144,6 +143,7 @@ from cellpose_nb.distributed import (
     segment_large,
 )
 from cellpose_nb.distributed.blocks import grid_step, grid_shape, match_region, neighbour_pairs, within
+from cellpose_nb.distributed.quality import SPLIT_SHARE, crossing_labels, merged_labels, split_labels
 from cellpose_nb.distributed.stitch import STITCH_CONTAINED
 from cellpose_nb.distributed.run import halos, work_store_for
 from cellpose_nb.export import cell_table
@@ -172,38 +172,9 @@ def ap_text(true, pred):
     return " / ".join(f"{m.ap:.3f}" for m in matching(true, pred, thresholds=IOU_THRESHOLDS))
 
 
-def crossing_cells(truth, block):
-    """True cells with pixels on both sides of a block line."""
-    out = set()
-    for line in range(block, truth.shape[0], block):
-        for a, b in ((truth[line - 1, :], truth[line, :]), (truth[:, line - 1], truth[:, line])):
-            out |= set(a[(a == b) & (a > 0)].tolist())
-    return sorted(out)
-
-
-def split_count(truth, pred, cells):
-    """How many of the true `cells` are in two or more pieces (labels covering SPLIT_SHARE of the cell each)."""
-    keep = np.isin(truth, cells)
-    pairs, n = np.unique(np.stack([truth[keep], pred[keep].astype(np.int64)]), axis=1, return_counts=True)
-    area = np.bincount(truth[keep])
-    big = (pairs[1] > 0) & (n >= SPLIT_SHARE * area[pairs[0]])
-    ids, n_pieces = np.unique(pairs[0][big], return_counts=True)
-    return int((n_pieces > 1).sum())
-
-
 def ids_of(labels):
     """The labels (not 0) present in an array, as a sorted list of ints."""
     return [int(v) for v in np.unique(labels) if v]
-
-
-def merged_labels(truth, pred):
-    """Predicted labels that cover at least SPLIT_SHARE of two or more true cells."""
-    t, p = truth.ravel(), pred.ravel()
-    both = (t > 0) & (p > 0)
-    pairs, counts = np.unique(np.stack([p[both], t[both]]), axis=1, return_counts=True)
-    big = counts >= SPLIT_SHARE * np.bincount(t)[pairs[1]]
-    ids, n = np.unique(pairs[0][big], return_counts=True)
-    return int((n > 1).sum())
 
 
 def peak_memory_gb():
@@ -736,10 +707,10 @@ for k, b in enumerate(blocks):  # the faces along each axis, as cellpose's scrip
         touch_links[k, below] = touching_links(core_labels[k][-1, :], core_labels[below][0, :])
 n_labels = [int(counts[b.index]) for b in blocks]
 touching = stitch_with(touch_links, core_labels, blocks, n_labels)
-crossing = crossing_cells(truth, BLOCK)
+crossing = crossing_labels(truth, BLOCK)
 summary = {}
 for name, pred in (("no links", unstitched), ("touching after a shrink", touching), ("IoU in the overlap", stitched)):
-    summary[name] = (int(pred.max()), split_count(truth, pred, crossing), merged_labels(truth, pred))
+    summary[name] = (int(pred.max()), len(split_labels(truth, pred, crossing)), len(merged_labels(truth, pred)))
     print(f"{name:>24s}: {plural(summary[name][0], 'label')}, {summary[name][1]} of "
           f"{len(crossing)} crossing nuclei split, {summary[name][2]} labels over two nuclei; "
           f"AP@{'/'.join(map(str, IOU_THRESHOLDS))} against the truth {ap_text(truth, pred)}")
@@ -912,7 +883,7 @@ t0 = time.perf_counter()
 whole = segment(sample.image, net, diameter=DIAMETER).labels
 t_whole = time.perf_counter() - t0
 aps = [m.ap for m in matching(whole, stitched, thresholds=IOU_THRESHOLDS)]
-n_split = {"blocks": split_count(truth, stitched, crossing), "whole": split_count(truth, whole, crossing)}
+n_split = {"blocks": len(split_labels(truth, stitched, crossing)), "whole": len(split_labels(truth, whole, crossing))}
 print(f"whole-image segment: {plural(int(whole.max()), 'cell')} in {t_whole:.0f} s in this process; "
       f"block-wise: {plural(res.n_cells, 'cell')} in {t_blocks:.0f} s on {plural(N_WORKERS, 'worker')}")
 print(f"AP@{'/'.join(map(str, IOU_THRESHOLDS))}: block-wise against whole-image {' / '.join(f'{a:.3f}' for a in aps)}; "
@@ -1002,12 +973,8 @@ vol_stitched = vol_root[f"labels/masks/{vol_level}"][:]
 vol_whole = segment(vol.image, net, diameter=NUCLEUS_3D, channels=(1, None), channel_axis=-1,
                     do_3d=True, anisotropy=ANISOTROPY).labels
 flat = lambda a: a.reshape(a.shape[0], -1)  # noqa: E731  (IoU is the same on a (Z, Y * X) view)
-vol_crossing = set()  # true nuclei with voxels on both sides of a block face
-for axis, size in enumerate(VOLUME_BLOCK):
-    for face in range(size, VOLUME[axis], size):
-        a, b = np.take(vol.nuclei, face - 1, axis), np.take(vol.nuclei, face, axis)
-        vol_crossing |= set(a[(a == b) & (a > 0)].tolist())
-vol_split = split_count(vol.nuclei, vol_stitched, sorted(vol_crossing))
+vol_crossing = crossing_labels(vol.nuclei, VOLUME_BLOCK)  # true nuclei cut by a block face
+vol_split = len(split_labels(vol.nuclei, vol_stitched, vol_crossing))
 print(f"{plural(vres.n_cells, 'nucleus', 'nuclei')} in {plural(vres.n_blocks, 'block')} in {t_vol:.0f} s "
       f"(halo {vres.halo}), {int(vol_whole.max())} in the whole volume, {int(vol.nuclei.max())} true")
 print(f"AP@{'/'.join(map(str, IOU_THRESHOLDS))}: block-wise against whole {ap_text(flat(vol_whole), flat(vol_stitched))}; "
@@ -1133,7 +1100,7 @@ for t in (0.1, 0.3, 0.5, 0.7, 0.9):
         lk[ka_, kb_] = match_labels(ext_labels[ka_][within(region, a)], ext_labels[kb_][within(region, b)], min_iou=t,
                                    min_contained=None)
     pred = stitch_with(lk, core_labels, blocks, n_labels)
-    results[t] = (len(ids_of(pred)), split_count(truth, pred, crossing), merged_labels(truth, pred))
+    results[t] = (len(ids_of(pred)), len(split_labels(truth, pred, crossing)), len(merged_labels(truth, pred)))
     print(f"min_iou {t}: {plural(results[t][0], 'cell')}, {results[t][1]} crossing nuclei split, "
           f"{results[t][2]} labels over two nuclei")
 ious = []  # the IoU in the band of every link of section 5
@@ -1179,7 +1146,7 @@ for c in on_corner:
           f"stitched label(s) {main}; linked across {used}")
 # A nucleus on a corner is linked across every pair of blocks that see it, diagonal pairs included
 # (neighbour_pairs lists them), so it is one label even where two of its pieces only meet at a point.
-assert on_corner and split_count(truth, stitched, on_corner) <= split_count(truth, whole, on_corner)
+assert on_corner and len(split_labels(truth, stitched, on_corner)) <= len(split_labels(truth, whole, on_corner))
 
 # %% [markdown]
 # Clean up (the temporary folder of the stores):

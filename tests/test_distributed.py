@@ -17,13 +17,13 @@ distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
 from cellpose_nb.data import make_synthetic
+from cellpose_nb.distributed.quality import crossing_labels, split_labels
 from cellpose_nb.metrics import matching
 
 DIAMETER = 34.0  # nuclei model diam_mean 17: the image is halved for the network (fast)
 TILE = 1024  # side of the synthetic tiles the large image is made of
 CELLS_PER_TILE = 420  # about 40 % of the area
 BIG_BLOCK = 512
-SPLIT_SHARE = 0.2  # a predicted label covering this much of a true cell counts as a piece of it
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +47,6 @@ def _tiled_sample(n_tiles, seed=0):
         rows.append(np.concatenate(row_img, 1))
         labs.append(np.concatenate(row_lab, 1))
     return np.concatenate(rows, 0), np.concatenate(labs, 0)
-
-
-def _pieces(truth, pred, cell):
-    """Predicted labels that each cover at least SPLIT_SHARE of true ``cell``."""
-    ids, counts = np.unique(pred[truth == cell], return_counts=True)
-    share = counts / counts.sum()
-    return int(((ids > 0) & (share >= SPLIT_SHARE)).sum())
-
-
-def _crossing_cells(truth, block):
-    """True cells with pixels on both sides of a block line."""
-    out = set()
-    for line in range(block, truth.shape[0], block):
-        a, b = truth[line - 1, :], truth[line, :]
-        out |= set(a[(a == b) & (a > 0)].tolist())
-        a, b = truth[:, line - 1], truth[:, line]
-        out |= set(a[(a == b) & (a > 0)].tolist())
-    return sorted(out)
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +84,9 @@ def test_4096_image_in_512_blocks_agrees_with_whole_image_segment(big, client, t
     m50, m90 = matching(whole, stitched, thresholds=[0.5, 0.9])
     assert m50.ap >= 0.99 and m90.ap >= 0.97, (m50, m90)
     # no true cell that crosses a block line is in two pieces (unless whole-image segment splits it too)
-    crossing = _crossing_cells(truth, BIG_BLOCK)
+    crossing = crossing_labels(truth, BIG_BLOCK)
     assert len(crossing) > 200
-    split = [c for c in crossing if _pieces(truth, stitched, c) > 1 >= _pieces(truth, whole, c)]
+    split = sorted(set(split_labels(truth, stitched, crossing)) - set(split_labels(truth, whole, crossing)))
     # (true label 1730 of this image was in two pieces by IoU alone: one block merged it with its
     # neighbour; the partnerless-label rule, STITCH_CONTAINED, keeps it whole)
     assert split == [], split

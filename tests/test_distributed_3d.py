@@ -16,13 +16,13 @@ distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
 from cellpose_nb.data import make_synthetic_volume
+from cellpose_nb.distributed.quality import crossing_labels, split_labels
 from cellpose_nb.metrics import matching
 
 ANISOTROPY = 2.0
 NUCLEUS = 16.0  # px in-plane: cells of 36 px, nuclei 0.4-0.5 of them
 SHAPE = (48, 160, 160)
 BLOCK = (24, 80, 80)  # 2 x 2 x 2 blocks; the halo is (16, 32, 32)
-SPLIT_SHARE = 0.2  # a predicted label covering this much of a true nucleus is a piece of it
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +43,6 @@ def volume(tmp_path_factory):
     finally:
         torch.set_num_threads(old)
     return path, v, whole
-
-
-def _crossing(truth, block):
-    """True labels with voxels on both sides of a block face."""
-    out = set()
-    for axis, size in enumerate(block):
-        for line in range(size, truth.shape[axis], size):
-            a, b = np.take(truth, line - 1, axis), np.take(truth, line, axis)
-            out |= set(a[(a == b) & (a > 0)].tolist())
-    return sorted(out)
-
-
-def _pieces(truth, pred, cell):
-    ids, counts = np.unique(pred[truth == cell], return_counts=True)
-    return int(((ids > 0) & (counts / counts.sum() >= SPLIT_SHARE)).sum())
 
 
 def _flat(labels):
@@ -83,9 +68,9 @@ def test_volume_in_blocks_agrees_with_whole_volume_segment(volume, client, tmp_p
     assert stitched.shape == SHAPE and res.n_cells == stitched.max() > 20
     m50, m90 = matching(_flat(whole), _flat(stitched), thresholds=[0.5, 0.9])
     assert m50.ap >= 0.99 and m90.ap >= 0.97, (m50, m90)
-    crossing = _crossing(v.nuclei, BLOCK)
+    crossing = crossing_labels(v.nuclei, BLOCK)
     assert len(crossing) >= 10  # the test means something: planes, rows and columns are cut
-    split = [c for c in crossing if _pieces(v.nuclei, stitched, c) > 1]
+    split = split_labels(v.nuclei, stitched, crossing)
     assert split == [], f"{len(split)} of {len(crossing)} crossing nuclei split: {split}"
     # the cell table, summed from the blocks, is that of the stitched volume
     ref = cell_table_3d(stitched)

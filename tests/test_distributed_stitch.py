@@ -19,6 +19,7 @@ from cellpose_nb.distributed.blocks import (
     neighbour_pairs,
     within,
 )
+from cellpose_nb.distributed.quality import crossing_labels, merged_labels, split_labels
 from cellpose_nb.distributed.stitch import (
     TABLE_COLUMNS,
     block_table,
@@ -166,6 +167,14 @@ def test_stitching_exact_blocks_of_a_volume_gives_the_labels_back():
     out, cells, n = _stitch_exact(truth, (12, 32, 25), halo=(8, 16, 16))
     pairs = np.unique(np.stack([truth.ravel(), out.ravel()]), axis=1)
     assert n == len(np.unique(truth)) - 1 and pairs.shape[1] == n + 1
+    # the quality measures: cells cut by a face are split without stitching, whole with it
+    crossing = crossing_labels(truth, (12, 32, 25))
+    cores = np.zeros_like(truth)
+    for k, b in enumerate(block_grid(truth.shape, (12, 32, 25))):
+        cores[b.core] = np.where(truth[b.core] > 0, truth[b.core] + 1000 * (k + 1), 0)
+    unstitched = split_labels(truth, cores, crossing)
+    assert len(crossing) > 10 and len(unstitched) > len(crossing) // 2 and set(unstitched) <= set(crossing)
+    assert split_labels(truth, out, crossing) == [] and merged_labels(truth, out) == []
     ref = cell_table_3d(out)
     assert [r["volume"] for r in ref] == cells["volume"].tolist()
     for key in ("centroid_z", "centroid_row", "centroid_col"):

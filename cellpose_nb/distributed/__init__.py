@@ -1,7 +1,7 @@
 """Images larger than memory, and many images, on dask.distributed.
 
-:func:`segment_large` segments one large 2-D image (zarr, OME-Zarr, TIFF,
-dask array) block by block: each block is read by a worker with a halo sized
+:func:`segment_large` segments one large 2-D image or 3-D volume (zarr,
+OME-Zarr, TIFF, dask array) block by block: each block is read by a worker with a halo sized
 from the diameter, segmented with :func:`~cellpose_nb.predict.segment`, and
 the blocks are stitched so that a cell cut by a block boundary is one label
 (decided from the overlap of the two blocks' masks in their shared halo, see
@@ -16,7 +16,8 @@ through its scheduler address or a ``Client`` (:mod:`.cluster`).
 Modules: ``blocks`` (the block grid and halo, pure Python), ``stitch`` (overlap
 matching, global ids, the cell table; NumPy/SciPy), ``io`` (reading and writing
 stores), ``cluster`` (which cluster), ``run`` (:func:`segment_large`),
-``_worker`` (what runs on the workers).  dask, zarr and ome-zarr are the
+``_worker`` (what runs on the workers), ``quality`` (crossing cells and
+splits, to judge stitching).  dask, zarr and ome-zarr are the
 ``distributed`` extra (``pip install 'cellpose-nb[distributed]'``) and are
 imported only when used.
 """
