@@ -2,8 +2,9 @@
 
 A large image (rows, cols) or volume (planes, rows, cols) is cut into a grid of
 *cores* of ``block_size`` pixels (the last core along each axis takes what is
-left, so the size need not divide the image).  Each core is segmented together with a *halo* of ``halo`` pixels on
-every side (clipped at the image border): its *extended region*.  The halo
+left, so the size need not divide the image).  Each core is segmented together
+with a *halo* of ``halo`` pixels on every side (clipped at the image border):
+its *extended region*.  The halo
 gives the network the context around the core, and it is where two
 neighbouring blocks both have masks, so that a cell cut by a core boundary can
 be recognised as one cell (:mod:`cellpose_nb.distributed.stitch`).

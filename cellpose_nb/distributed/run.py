@@ -59,7 +59,6 @@ __all__ = [
     "MASK_FORMATS",
     "NORM_SAMPLE_PIXELS",
     "LargeSegmentation",
-    "block_sizes",
     "halos",
     "masks_format_of",
     "segment_large",
@@ -358,7 +357,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
                                  f"{crop[-2].stop - crop[-2].start} x {crop[-1].stop - crop[-1].start} crop")
                 diameter = d
             diameter = check_diameter(diameter, source.shape[-2:], diam_mean)
-            bsize = block_sizes(block_size, source.ndim)
+            bsize = _ints(block_size, "block_size", source.ndim)  # one int: every axis
             step = grid_step(diameter, diam_mean, PAD_MULTIPLE)
             if halo is None and not do_3d and step > 1 and all(b % step == 0 for b in bsize):
                 notes.append(f"blocks on the network's grid ({step} px): the same network "
@@ -422,17 +421,6 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
         shutil.rmtree(work, ignore_errors=True)
     return LargeSegmentation(out, n_cells, cells, float(diameter), halo, bsize, len(blocks),
                              len(blocks) - len(todo), tuple(notes))
-
-
-def block_sizes(block_size, ndim) -> tuple:
-    """``block_size`` (one int, or one per axis) as ``ndim`` core sides.
-
-    Examples
-    --------
-    >>> block_sizes(512, 2), block_sizes((32, 256, 256), 3)
-    ((512, 512), (32, 256, 256))
-    """
-    return _ints(block_size, "block_size", ndim)
 
 
 def halos(diameter, halo, ndim, anisotropy, *, multiple=1) -> tuple:

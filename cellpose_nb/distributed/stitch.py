@@ -58,10 +58,9 @@ STITCH_IOU = 0.5
 #: ... or when the smaller one has no such partner and this share of it lies inside the other
 #: (the blocks disagree about the cell: it is kept whole rather than cut at the line)
 STITCH_CONTAINED = 0.5
-#: columns of block_table for an image, one row per block-local label (row 0: background, unused)
-TABLE_COLUMNS = ("area", "sum_row", "sum_col", "min_row", "min_col", "max_row", "max_col")
-#: names of the axes in the tables of an image (the last two) and of a volume (all three)
-AXIS_NAMES = ("plane", "row", "col")
+#: names of the axes in the tables of an image (the last two) and of a volume (all three),
+#: as in cellpose_nb.export3d's cell table
+AXIS_NAMES = ("z", "row", "col")
 
 
 def table_columns(ndim=2) -> tuple:
@@ -69,11 +68,17 @@ def table_columns(ndim=2) -> tuple:
 
     Examples
     --------
-    >>> table_columns(2) == TABLE_COLUMNS, table_columns(3)[:4]
-    (True, ('area', 'sum_plane', 'sum_row', 'sum_col'))
+    >>> table_columns(2)
+    ('area', 'sum_row', 'sum_col', 'min_row', 'min_col', 'max_row', 'max_col')
+    >>> table_columns(3)[:4]
+    ('area', 'sum_z', 'sum_row', 'sum_col')
     """
     axes = AXIS_NAMES[-ndim:]
     return ("area", *(f"{w}_{a}" for w in ("sum", "min", "max") for a in axes))
+
+
+#: columns of block_table for an image, one row per block-local label (row 0: background, unused)
+TABLE_COLUMNS = table_columns(2)
 
 
 def block_table(core_labels, origin=None, n_labels=None) -> np.ndarray:
@@ -287,7 +292,7 @@ def merge_tables(tables, luts, n_cells) -> dict:
                 "bbox_min_row": lo[1:, 0], "bbox_min_col": lo[1:, 1],
                 "bbox_max_row": hi[1:, 0], "bbox_max_col": hi[1:, 1]}
     # a volume: the names of cellpose_nb.export3d.cell_table_3d, and the ball's diameter
-    axes = ("z", "row", "col")
+    axes = AXIS_NAMES
     cells = {"label": label, "volume": area}
     cells.update({f"centroid_{a}": c for a, c in zip(axes, centroids)})
     cells.update({f"bbox_{a}0": lo[1:, k] for k, a in enumerate(axes)})
