@@ -142,10 +142,10 @@ from cellpose_nb.distributed import (
     match_labels,
     segment_large,
 )
-from cellpose_nb.distributed.blocks import grid_step, grid_shape, match_region, neighbour_pairs, within
+from cellpose_nb.distributed.blocks import grid_step, grid_shape, halos, match_region, neighbour_pairs, within
 from cellpose_nb.distributed.quality import SPLIT_SHARE, crossing_labels, merged_labels, split_labels
 from cellpose_nb.distributed.stitch import STITCH_CONTAINED
-from cellpose_nb.distributed.run import halos, work_store_for
+from cellpose_nb.distributed.run import work_store_for
 from cellpose_nb.export import cell_table
 from cellpose_nb.metrics import matching
 from cellpose_nb.model import load_pretrained

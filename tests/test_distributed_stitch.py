@@ -230,7 +230,8 @@ def test_open_image_reads_regions_of_every_store(tmp_path, zarr):
 
 
 def test_open_image_reads_ome_zarr_axes(tmp_path, zarr):
-    from cellpose_nb.distributed.io import _ome_writer, open_image
+    from cellpose_nb.distributed.io import open_image
+    from cellpose_nb.distributed.writers import _ome_writer
 
     img = np.random.default_rng(1).integers(0, 255, (2, 1, 120, 90), dtype=np.uint8)  # c, z, y, x
     root = zarr.open_group(str(tmp_path / "i.ome.zarr"), mode="w")
@@ -266,7 +267,8 @@ def test_open_image_reads_volumes(tmp_path, zarr):
     import tifffile
 
     from cellpose_nb.distributed._worker import sample_task
-    from cellpose_nb.distributed.io import _ome_writer, open_image
+    from cellpose_nb.distributed.io import open_image
+    from cellpose_nb.distributed.writers import _ome_writer
 
     rng = np.random.default_rng(2)
     vol = rng.integers(0, 4000, (6, 50, 40, 2), dtype=np.uint16)  # z, y, x, c
@@ -313,7 +315,7 @@ def test_writers_keep_a_volume(tmp_path, zarr):
     import tifffile
 
     from cellpose_nb.data import make_synthetic_volume
-    from cellpose_nb.distributed.io import write_masks_tiff, write_ome_zarr_labels
+    from cellpose_nb.distributed.writers import write_masks_tiff, write_ome_zarr_labels
 
     lab = make_synthetic_volume((5, 600, 530), n_cells=30, diameter=40, seed=0).labels.astype(np.uint32)
     arr = zarr.create_array(store=str(tmp_path / "l.zarr"), data=lab, chunks=(5, 256, 256))
@@ -333,7 +335,7 @@ def test_writers_keep_a_volume(tmp_path, zarr):
 def test_writers_keep_the_labels(tmp_path, zarr):
     import tifffile
 
-    from cellpose_nb.distributed.io import write_masks_tiff, write_ome_zarr_labels
+    from cellpose_nb.distributed.writers import write_masks_tiff, write_ome_zarr_labels
 
     lab = make_synthetic((700, 530), n_cells=40, diameter=30, seed=2).labels.astype(np.uint32)
     arr = zarr.create_array(store=str(tmp_path / "l.zarr"), data=lab, chunks=(256, 256))

@@ -123,7 +123,7 @@ def _stamp_of(path: Path, serial):
 
 
 def _run_large(args, images, config, client, serial, volume):
-    from cellpose_nb.distributed.io import write_cells_table
+    from cellpose_nb.distributed.writers import write_cells_table
     from cellpose_nb.distributed.run import MASK_FORMATS as SUFFIX_OF
     from cellpose_nb.distributed.run import segment_large
 

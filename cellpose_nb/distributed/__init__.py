@@ -14,8 +14,8 @@ default, or any cluster (dask-jobqueue on SLURM/PBS/LSF, Kubernetes, Coiled)
 through its scheduler address or a ``Client`` (:mod:`.cluster`).
 
 Modules: ``blocks`` (the block grid and halo, pure Python), ``stitch`` (overlap
-matching, global ids, the cell table; NumPy/SciPy), ``io`` (reading and writing
-stores), ``cluster`` (which cluster), ``run`` (:func:`segment_large`),
+matching, global ids, the cell table; NumPy/SciPy), ``io`` (reading stores
+block by block), ``writers`` (the labels and the cell table out), ``cluster`` (which cluster), ``run`` (:func:`segment_large`),
 ``_worker`` (what runs on the workers), ``quality`` (crossing cells and
 splits, to judge stitching).  dask, zarr and ome-zarr are the
 ``distributed`` extra (``pip install 'cellpose-nb[distributed]'``) and are

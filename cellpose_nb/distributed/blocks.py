@@ -29,9 +29,11 @@ __all__ = [
     "HALO_DIAMETERS",
     "Block",
     "block_grid",
+    "check_blocks",
     "grid_shape",
     "grid_step",
     "halo_for",
+    "halos",
     "neighbour_pairs",
     "shared_region",
     "within",
@@ -101,6 +103,32 @@ def halo_for(diameter, *, diameters=HALO_DIAMETERS, multiple=1) -> int:
         raise ValueError(f"multiple must be an integer >= 1; got {multiple!r}")
     halo = math.ceil(diameters * float(diameter))
     return -(-halo // multiple) * multiple
+
+
+def halos(diameter, halo, ndim, anisotropy, *, multiple=1) -> tuple:
+    """The halo per axis: ``halo_for`` the diameter (or the ``halo`` given, one int or one
+    per axis); a volume's Z halo is the in-plane one over the anisotropy (the same length).
+
+    Examples
+    --------
+    >>> halos(34.0, None, 2, 1.0, multiple=32), halos(10.0, None, 3, 2.0), halos(10.0, (4, 8, 8), 3, 1.0)
+    ((96, 96), (10, 20, 20), (4, 8, 8))
+    """
+    if halo is None or isinstance(halo, numbers.Integral):
+        xy = halo_for(diameter, multiple=multiple) if halo is None else int(halo)
+        z = (math.ceil(xy / anisotropy),) if ndim == 3 else ()
+        return (*z, xy, xy)
+    return _ints(halo, "halo", ndim)
+
+
+def check_blocks(shape, block_size, halo, diameter):
+    """A block smaller than its halo is refused where the image has more than one block."""
+    for n, b, h, axis in zip(shape, block_size, halo, ("planes", "rows", "cols")[-len(shape):]):
+        if n > b and b < h:
+            unit = "planes" if axis == "planes" else "px"
+            raise ValueError(f"block_size {b} ({axis}) is smaller than the halo of {h} {unit} for "
+                             f"cells of {diameter:g} px: every block would segment more halo than "
+                             f"core; use blocks of at least {h} {unit} there (or a smaller halo=)")
 
 
 def grid_step(diameter, diam_mean, pad_multiple) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import shutil
 import warnings
 from pathlib import Path
@@ -39,27 +38,22 @@ from cellpose_nb.distributed.blocks import (
     BLOCK_SIZE,
     _ints,
     block_grid,
+    check_blocks,
     grid_shape,
     grid_step,
-    halo_for,
+    halos,
     neighbour_pairs,
 )
 from cellpose_nb.distributed.cluster import connect
-from cellpose_nb.distributed.io import (
-    open_image,
-    require,
-    write_masks_tiff,
-    write_masks_zarr,
-    write_ome_zarr_labels,
-)
+from cellpose_nb.distributed.io import open_image, require
 from cellpose_nb.distributed.stitch import STITCH_CONTAINED, STITCH_IOU, global_labels, merge_tables
+from cellpose_nb.distributed.writers import write_masks_tiff, write_masks_zarr, write_ome_zarr_labels
 
 __all__ = [
     "DIAMETER_CROP",
     "MASK_FORMATS",
     "NORM_SAMPLE_PIXELS",
     "LargeSegmentation",
-    "halos",
     "masks_format_of",
     "segment_large",
     "work_store_for",
@@ -364,7 +358,7 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
                              "outputs as the whole image")
             # a volume is resampled in Z as well, so its blocks cannot keep the network's grid
             halo = halos(diameter, halo, source.ndim, aniso, multiple=1 if do_3d else step)
-            _check_blocks(source.shape, bsize, halo, diameter)
+            check_blocks(source.shape, bsize, halo, diameter)
             # 2. segment the blocks not done by an earlier run of the same settings
             blocks = block_grid(source.shape, bsize, halo)
             if do_3d:  # the smallest extended region must still hold slices the network can read
@@ -421,32 +415,6 @@ def segment_large(image, model, *, out, diameter=None, block_size=BLOCK_SIZE, ha
         shutil.rmtree(work, ignore_errors=True)
     return LargeSegmentation(out, n_cells, cells, float(diameter), halo, bsize, len(blocks),
                              len(blocks) - len(todo), tuple(notes))
-
-
-def halos(diameter, halo, ndim, anisotropy, *, multiple=1) -> tuple:
-    """The halo per axis: ``halo_for`` the diameter (or the ``halo`` given, one int or one
-    per axis); a volume's Z halo is the in-plane one over the anisotropy (the same length).
-
-    Examples
-    --------
-    >>> halos(34.0, None, 2, 1.0, multiple=32), halos(10.0, None, 3, 2.0), halos(10.0, (4, 8, 8), 3, 1.0)
-    ((96, 96), (10, 20, 20), (4, 8, 8))
-    """
-    if halo is None or isinstance(halo, numbers.Integral):
-        xy = halo_for(diameter, multiple=multiple) if halo is None else int(halo)
-        z = (math.ceil(xy / anisotropy),) if ndim == 3 else ()
-        return (*z, xy, xy)
-    return _ints(halo, "halo", ndim)
-
-
-def _check_blocks(shape, block_size, halo, diameter):
-    """A block smaller than its halo is refused where the image has more than one block."""
-    for n, b, h, axis in zip(shape, block_size, halo, ("planes", "rows", "cols")[-len(shape):]):
-        if n > b and b < h:
-            unit = "planes" if axis == "planes" else "px"
-            raise ValueError(f"block_size {b} ({axis}) is smaller than the halo of {h} {unit} for "
-                             f"cells of {diameter:g} px: every block would segment more halo than "
-                             f"core; use blocks of at least {h} {unit} there (or a smaller halo=)")
 
 
 def _load_on_client(spec):
